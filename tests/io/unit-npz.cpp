@@ -1,0 +1,306 @@
+// Tests of atomic file replacement and of the .npy / .npz reader and writer.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <stdexcept>
+#include <string>
+
+#include <zlib.h>
+
+#include <qkit/io/atomic_file.hpp>
+#include <qkit/io/npz.hpp>
+
+namespace fs = std::filesystem;
+using namespace qkit::io;
+
+namespace {
+fs::path out_dir(const std::string& sub) {
+  fs::path p = fs::path(QKIT_TEST_OUTPUT) / "io" / sub;
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p;
+}
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+void spit(const fs::path& p, const std::string& s) {
+  std::ofstream out(p, std::ios::binary | std::ios::trunc);
+  out.write(s.data(), static_cast<std::streamsize>(s.size()));
+}
+std::size_t files_in(const fs::path& dir) {
+  return static_cast<std::size_t>(std::distance(fs::directory_iterator(dir), fs::directory_iterator()));
+}
+template <class F>
+std::string format_error_of(F&& f) {
+  try {
+    f();
+  } catch (const qkit::format_error& e) {
+    return e.what();
+  }
+  return "<no format_error>";
+}
+qkit::tensor ramp(const qkit::shape_type& shape, float scale) {
+  qkit::tensor t(shape);
+  for (std::size_t i = 0; i < t.size(); ++i) t.data()[i] = scale * static_cast<float>(i) - 1.5f;
+  return t;
+}
+bool same(const qkit::tensor& a, const qkit::tensor& b) {
+  if (a.shape() != b.shape()) return false;
+  return std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+// Minimal zip builder for reader tests: deflated (or stored) entries, optionally with numpy's
+// zip64 placeholders in the local header.
+std::string deflate_raw(const std::string& in) {
+  z_stream zs{};
+  REQUIRE(deflateInit2(&zs, 6, Z_DEFLATED, -MAX_WBITS, 8, Z_DEFAULT_STRATEGY) == Z_OK);
+  std::string out(deflateBound(&zs, in.size()), '\0');
+  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
+  zs.avail_in = static_cast<uInt>(in.size());
+  zs.next_out = reinterpret_cast<Bytef*>(out.data());
+  zs.avail_out = static_cast<uInt>(out.size());
+  REQUIRE(deflate(&zs, Z_FINISH) == Z_STREAM_END);
+  out.resize(zs.total_out);
+  deflateEnd(&zs);
+  return out;
+}
+std::string make_zip(const std::vector<std::pair<std::string, std::string>>& entries, bool deflated,
+                     bool zip64_local) {
+  using qkit::io::detail::put_u16;
+  using qkit::io::detail::put_u32;
+  std::string body, dir;
+  for (const auto& [name, data] : entries) {
+    const std::string payload = deflated ? deflate_raw(data) : data;
+    const auto crc = static_cast<std::uint32_t>(crc32(0, reinterpret_cast<const Bytef*>(data.data()),
+                                                      static_cast<uInt>(data.size())));
+    const auto offset = static_cast<std::uint32_t>(body.size());
+    put_u32(body, 0x04034b50u);
+    put_u16(body, 45);
+    put_u16(body, 0);
+    put_u16(body, deflated ? 8 : 0);
+    put_u16(body, 0);
+    put_u16(body, 33);
+    put_u32(body, crc);
+    put_u32(body, zip64_local ? 0xFFFFFFFFu : static_cast<std::uint32_t>(payload.size()));
+    put_u32(body, zip64_local ? 0xFFFFFFFFu : static_cast<std::uint32_t>(data.size()));
+    put_u16(body, static_cast<std::uint32_t>(name.size()));
+    put_u16(body, zip64_local ? 20 : 0);
+    body += name;
+    if (zip64_local) {
+      put_u16(body, 1);
+      put_u16(body, 16);
+      put_u32(body, static_cast<std::uint32_t>(data.size()));
+      put_u32(body, 0);
+      put_u32(body, static_cast<std::uint32_t>(payload.size()));
+      put_u32(body, 0);
+    }
+    body += payload;
+    put_u32(dir, 0x02014b50u);
+    put_u16(dir, 45);
+    put_u16(dir, 45);
+    put_u16(dir, 0);
+    put_u16(dir, deflated ? 8 : 0);
+    put_u16(dir, 0);
+    put_u16(dir, 33);
+    put_u32(dir, crc);
+    put_u32(dir, static_cast<std::uint32_t>(payload.size()));
+    put_u32(dir, static_cast<std::uint32_t>(data.size()));
+    put_u16(dir, static_cast<std::uint32_t>(name.size()));
+    put_u16(dir, 0);
+    put_u16(dir, 0);
+    put_u16(dir, 0);
+    put_u16(dir, 0);
+    put_u32(dir, 0);
+    put_u32(dir, offset);
+    dir += name;
+  }
+  std::string end;
+  put_u32(end, 0x06054b50u);
+  put_u16(end, 0);
+  put_u16(end, 0);
+  put_u16(end, static_cast<std::uint32_t>(entries.size()));
+  put_u16(end, static_cast<std::uint32_t>(entries.size()));
+  put_u32(end, static_cast<std::uint32_t>(dir.size()));
+  put_u32(end, static_cast<std::uint32_t>(body.size()));
+  put_u16(end, 0);
+  return body + dir + end;
+}
+std::string npy_with_header(const std::string& dict, const std::string& data) {
+  std::string h = dict;
+  while ((10 + h.size() + 1) % 64 != 0) h.push_back(' ');
+  h.push_back('\n');
+  std::string out = "\x93NUMPY\x01";
+  out.push_back('\0');
+  qkit::io::detail::put_u16(out, static_cast<std::uint32_t>(h.size()));
+  return out + h + data;
+}
+}  // namespace
+
+TEST_CASE("atomic_file: writes, replaces, and leaves no temporary") {
+  const fs::path dir = out_dir("atomic");
+  const fs::path target = dir / "file.txt";
+  write_file_atomically(target, std::string_view("first"));
+  CHECK(slurp(target) == "first");
+  write_file_atomically(target, [](std::ostream& o) { o << "second " << 2; });
+  CHECK(slurp(target) == "second 2");
+  CHECK(files_in(dir) == 1);
+}
+
+TEST_CASE("atomic_file: a throwing writer leaves the old file untouched and no temporary") {
+  const fs::path dir = out_dir("atomic_throw");
+  const fs::path target = dir / "weights.bin";
+  spit(target, "old content");
+  CHECK_THROWS_AS(write_file_atomically(target,
+                                        [](std::ostream& o) {
+                                          o << std::string(100000, 'x');  // partly written
+                                          throw std::runtime_error("writer failed midway");
+                                        }),
+                  std::runtime_error);
+  CHECK(slurp(target) == "old content");
+  CHECK(files_in(dir) == 1);
+
+  // A directory that does not exist: qkit::error, nothing created.
+  CHECK_THROWS_AS(write_file_atomically(dir / "missing" / "f.txt", std::string_view("x")), qkit::error);
+  CHECK(files_in(dir) == 1);
+}
+
+TEST_CASE("npz: round trip keeps names, order, shapes and bits") {
+  const fs::path dir = out_dir("npz");
+  npz_arrays arrays;
+  arrays.emplace_back("features.0.conv.weight", ramp({4, 1, 3, 3}, 0.37f));
+  arrays.emplace_back("features.0.conv.bias", ramp({4}, -1.0f));
+  arrays.emplace_back("classifier.weight", ramp({10, 7}, 1e-3f));
+  arrays.emplace_back("empty", qkit::tensor(qkit::shape_type{0, 3}));
+  qkit::tensor scalar(qkit::shape_type{});
+  scalar() = 3.25f;
+  arrays.emplace_back("scalar", scalar);
+  arrays[2].second(0, 0) = std::nanf("");  // NaN bits survive a file round trip too
+  const fs::path file = dir / "weights.npz";
+  save_npz(file, arrays);
+  CHECK(files_in(dir) == 1);
+
+  const npz_arrays back = load_npz(file);
+  REQUIRE(back.size() == arrays.size());
+  for (std::size_t i = 0; i < arrays.size(); ++i) {
+    CHECK(back[i].first == arrays[i].first);
+    CHECK(same(back[i].second, arrays[i].second));
+  }
+  CHECK(npz_find(back, "features.0.conv.bias")(3) == doctest::Approx(-4.5f));
+  const std::string missing = format_error_of([&] { npz_find(back, "nope"); });
+  CHECK(missing.find("classifier.weight") != std::string::npos);
+
+  // Writing the same arrays again gives the same bytes (fixed timestamps).
+  const std::string first = slurp(file);
+  save_npz(dir / "again.npz", arrays);
+  CHECK(slurp(dir / "again.npz") == first);
+
+  // A std::map works as input; load_npz_map keys by name.
+  std::map<std::string, qkit::tensor> m{{"b", ramp({2, 2}, 1.f)}, {"a", ramp({3}, 2.f)}};
+  save_npz(dir / "map.npz", m);
+  const auto mb = load_npz_map(dir / "map.npz");
+  REQUIRE(mb.size() == 2);
+  CHECK(same(mb.at("a"), m.at("a")));
+  CHECK(same(mb.at("b"), m.at("b")));
+
+  // Duplicate names are refused before anything is written.
+  npz_arrays dup{{"x", ramp({1}, 1.f)}, {"x", ramp({1}, 1.f)}};
+  CHECK_THROWS_AS(save_npz(dir / "dup.npz", dup), qkit::error);
+  CHECK_FALSE(fs::exists(dir / "dup.npz"));
+}
+
+TEST_CASE("npz: the .npy header is numpy's format 1.0 with 64-byte aligned data (as np.save writes it)") {
+  const std::string npy = qkit::io::detail::npy_bytes(ramp({2, 3}, 1.f));
+  REQUIRE(npy.size() == 128 + 24);
+  CHECK(npy.substr(0, 8) == std::string("\x93NUMPY\x01\x00", 8));
+  CHECK(npy.find("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }") == 10);
+  CHECK(npy[127] == '\n');
+  const std::string one = qkit::io::detail::npy_bytes(ramp({5}, 1.f));
+  CHECK(one.find("'shape': (5,)") != std::string::npos);
+
+  const fs::path dir = out_dir("npy");
+  save_npy(dir / "a.npy", ramp({2, 3}, 0.5f));
+  CHECK(same(load_npy(dir / "a.npy"), ramp({2, 3}, 0.5f)));
+}
+
+TEST_CASE("npz: reads deflated entries with numpy's zip64 local headers, float64 and Fortran order") {
+  const fs::path dir = out_dir("npz_read");
+  const qkit::tensor a = ramp({3, 4}, 0.25f);
+  const std::string a_npy = qkit::io::detail::npy_bytes(a);
+  // float64 [2,2] in Fortran order: memory holds column-major 1,3,2,4 for [[1,2],[3,4]].
+  std::string f64;
+  for (double v : {1.0, 3.0, 2.0, 4.0}) f64.append(reinterpret_cast<const char*>(&v), 8);
+  const std::string b_npy = npy_with_header("{'descr': '<f8', 'fortran_order': True, 'shape': (2, 2), }", f64);
+
+  for (bool deflated : {false, true}) {
+    const fs::path file = dir / (deflated ? "deflated.npz" : "stored.npz");
+    spit(file, make_zip({{"a.npy", a_npy}, {"b.npy", b_npy}}, deflated, /*zip64_local=*/true));
+    const npz_arrays back = load_npz(file);
+    REQUIRE(back.size() == 2);
+    CHECK(back[0].first == "a");
+    CHECK(same(back[0].second, a));
+    CHECK(back[1].first == "b");
+    REQUIRE(back[1].second.shape() == qkit::shape_type{2, 2});
+    CHECK(back[1].second(0, 0) == 1.0f);
+    CHECK(back[1].second(0, 1) == 2.0f);
+    CHECK(back[1].second(1, 0) == 3.0f);
+    CHECK(back[1].second(1, 1) == 4.0f);
+  }
+}
+
+TEST_CASE("npz: corrupt archives and arrays are format errors naming file and entry") {
+  const fs::path dir = out_dir("npz_bad");
+  const qkit::tensor a = ramp({3, 4}, 0.25f);
+  const fs::path good = dir / "good.npz";
+  save_npz(good, npz_arrays{{"layer1.weight", a}});
+  const std::string bytes = slurp(good);
+
+  SUBCASE("not a zip") {
+    spit(dir / "text.npz", "this is not a zip archive at all, just text........");
+    const auto m = format_error_of([&] { load_npz(dir / "text.npz"); });
+    CHECK(m.find("text.npz") != std::string::npos);
+    CHECK(m.find("end-of-central-directory") != std::string::npos);
+  }
+  SUBCASE("truncated archive") {
+    spit(dir / "cut.npz", bytes.substr(0, bytes.size() / 2));
+    const auto m = format_error_of([&] { load_npz(dir / "cut.npz"); });
+    CHECK(m.find("cut.npz") != std::string::npos);
+  }
+  SUBCASE("flipped data byte: CRC mismatch names the entry") {
+    std::string b = bytes;
+    b[30 + 17 + 70] ^= 0x55;  // inside the float data of the first entry
+    spit(dir / "crc.npz", b);
+    const auto m = format_error_of([&] { load_npz(dir / "crc.npz"); });
+    CHECK(m.find("crc.npz") != std::string::npos);
+    CHECK(m.find("layer1.weight.npy") != std::string::npos);
+    CHECK(m.find("CRC") != std::string::npos);
+  }
+  SUBCASE("bad npy magic") {
+    spit(dir / "magic.npz", make_zip({{"w.npy", "NOTNUMPY-------"}}, false, false));
+    const auto m = format_error_of([&] { load_npz(dir / "magic.npz"); });
+    CHECK(m.find("entry 'w.npy'") != std::string::npos);
+    CHECK(m.find("bad magic") != std::string::npos);
+  }
+  SUBCASE("unsupported dtype") {
+    spit(dir / "int.npz", make_zip({{"idx.npy", npy_with_header("{'descr': '<i8', 'fortran_order': False, 'shape': (1,), }", std::string(8, '\0'))}}, true, false));
+    const auto m = format_error_of([&] { load_npz(dir / "int.npz"); });
+    CHECK(m.find("entry 'idx.npy'") != std::string::npos);
+    CHECK(m.find("unsupported dtype '<i8'") != std::string::npos);
+  }
+  SUBCASE("array data shorter than its shape") {
+    spit(dir / "short.npz", make_zip({{"s.npy", npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", std::string(20, '\0'))}}, false, false));
+    const auto m = format_error_of([&] { load_npz(dir / "short.npz"); });
+    CHECK(m.find("entry 's.npy'") != std::string::npos);
+    CHECK(m.find("needs 24 bytes of data, found 20 (truncated)") != std::string::npos);
+  }
+  SUBCASE("corrupt deflate stream") {
+    std::string z = make_zip({{"d.npy", qkit::io::detail::npy_bytes(a)}}, true, false);
+    for (std::size_t i = 40; i < 60; ++i) z[i] = static_cast<char>(0xFF);
+    spit(dir / "inflate.npz", z);
+    const auto m = format_error_of([&] { load_npz(dir / "inflate.npz"); });
+    CHECK(m.find("entry 'd.npy'") != std::string::npos);
+  }
+}
