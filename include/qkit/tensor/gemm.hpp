@@ -3,9 +3,19 @@
 //   C[M×N] = alpha · op(A)[M×K] · op(B)[K×N] + beta · C        (row-major, leading dims)
 //
 // gemm_reference is the plain triple loop that the fast kernel is tested against.
+//
+// The fast kernel follows the GotoBLAS/BLIS structure: op(B) is packed into KC×NR column
+// panels and op(A) into MR×KC row panels (transposes are absorbed by the packing), and a
+// register-blocked micro-kernel computes an MR×NR tile of C with explicit FMAs. Threads split
+// only the tiles of C, never K, and the K blocking does not depend on the thread count, so
+// every element of C is computed by the same sequence of operations whatever the threads.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
+#include <cstdlib>
+#include <new>
+#include <type_traits>
 
 #include "../config.hpp"
 #include "../error.hpp"
@@ -34,16 +44,260 @@ inline void gemm_reference(transpose ta, transpose tb, std::size_t M, std::size_
   }
 }
 
+namespace detail {
+
+/// A grow-only, 64-byte aligned scratch buffer per thread and per Slot (kernels that nest,
+/// like convolution calling gemm, use different slots so they never share one).
+template <int Slot>
+inline float* scratch_buffer(std::size_t floats) {
+  struct buffer {
+    float* data = nullptr;
+    std::size_t capacity = 0;
+    ~buffer() { std::free(data); }
+  };
+  thread_local buffer b;
+  if (floats > b.capacity) {
+    std::free(b.data);
+    b.data = nullptr;
+    b.capacity = 0;
+    const std::size_t bytes = (floats * sizeof(float) + 63) / 64 * 64;
+    b.data = static_cast<float*>(std::aligned_alloc(64, bytes));
+    if (!b.data) throw std::bad_alloc();
+    b.capacity = bytes / sizeof(float);
+  }
+  return b.data;
+}
+
+/// x·y + z in one rounding wherever the target has FMA. xsimd 8.1 implements xsimd::fma with
+/// FMA instructions for fma3<sse4_2>/fma3<avx>/fma3<avx2> but not for AVX-512, where it falls
+/// back to a multiply and an add (two roundings, twice the instructions).
+template <class Arch>
+inline xsimd::batch<float, Arch> fused_multiply_add(const xsimd::batch<float, Arch>& x,
+                                                    const xsimd::batch<float, Arch>& y,
+                                                    const xsimd::batch<float, Arch>& z) {
+#if XSIMD_WITH_AVX512F
+  if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>)
+    return xsimd::batch<float, Arch>(_mm512_fmadd_ps(x, y, z));
+  else
+#endif
+    return xsimd::fma(x, y, z);
+}
+
+/// Register tile of the micro-kernel: MR rows of C by NV vectors (NR = NV·W columns).
+/// AVX-512 has 32 vector registers: 8×3 zmm accumulators + 3 for B + 1 broadcast; the
+/// 8-row tile also divides the channel counts (16, 32, 64...) convolutions use as M.
+/// 16-register targets (AVX2, SSE, NEON in 8.1) take 6×2 accumulators.
+template <class Arch>
+struct gemm_tile {
+  static constexpr std::size_t W = xsimd::batch<float, Arch>::size;
+  static constexpr bool wide = W >= 16;
+  static constexpr std::size_t MR = wide ? 8 : 6;
+  static constexpr std::size_t NV = wide ? 3 : 2;
+  static constexpr std::size_t NR = NV * W;
+  static constexpr std::size_t KC = 256;   // a KC×NR B panel (48 KiB) streams from L2
+  static constexpr std::size_t MC = 1024;  // rows of op(A) packed at once (1 MiB)
+  static constexpr std::size_t NC = 3072;  // columns of op(B) packed at once (3 MiB)
+  static constexpr std::size_t tile_cols = 480 / NR * NR;  // a task's B tile stays in L2
+  static constexpr std::size_t tile_rows = 64 / MR * MR;
+};
+
+/// Packs op(A)[i0 .. i0+MR, k0 .. k0+kc) into one panel: for each k, MR consecutive values;
+/// rows past M are zero so the micro-kernel never branches.
+template <std::size_t MR>
+inline void pack_a_panel(transpose ta, const float* A, std::size_t lda, std::size_t i0,
+                         std::size_t rows, std::size_t k0, std::size_t kc, float* out) {
+  if (ta == transpose::no) {
+    for (std::size_t r = 0; r < rows; ++r) {
+      const float* src = A + (i0 + r) * lda + k0;
+      for (std::size_t k = 0; k < kc; ++k) out[k * MR + r] = src[k];
+    }
+  } else {
+    for (std::size_t k = 0; k < kc; ++k) {
+      const float* src = A + (k0 + k) * lda + i0;
+      for (std::size_t r = 0; r < rows; ++r) out[k * MR + r] = src[r];
+    }
+  }
+  if (rows < MR)
+    for (std::size_t k = 0; k < kc; ++k)
+      for (std::size_t r = rows; r < MR; ++r) out[k * MR + r] = 0.0f;
+}
+
+/// Packs op(B)[k0 .. k0+kc, j0 .. j0+NR) into one panel: for each k, NR consecutive values;
+/// columns past N are zero.
+template <class Arch, std::size_t NR>
+inline void pack_b_panel(transpose tb, const float* B, std::size_t ldb, std::size_t j0,
+                         std::size_t cols, std::size_t k0, std::size_t kc, float* out) {
+  using batch = xsimd::batch<float, Arch>;
+  constexpr std::size_t W = batch::size;
+  if (tb == transpose::no) {
+    if (cols == NR) {
+      for (std::size_t k = 0; k < kc; ++k) {
+        const float* src = B + (k0 + k) * ldb + j0;
+        for (std::size_t v = 0; v < NR; v += W)
+          batch::load_unaligned(src + v).store_aligned(out + k * NR + v);
+      }
+    } else {
+      for (std::size_t k = 0; k < kc; ++k) {
+        const float* src = B + (k0 + k) * ldb + j0;
+        std::size_t c = 0;
+        for (; c < cols; ++c) out[k * NR + c] = src[c];
+        for (; c < NR; ++c) out[k * NR + c] = 0.0f;
+      }
+    }
+  } else {
+    for (std::size_t c = 0; c < cols; ++c) {
+      const float* src = B + (j0 + c) * ldb + k0;
+      for (std::size_t k = 0; k < kc; ++k) out[k * NR + c] = src[k];
+    }
+    for (std::size_t k = 0; k < kc; ++k)
+      for (std::size_t c = cols; c < NR; ++c) out[k * NR + c] = 0.0f;
+  }
+}
+
+/// C tile (rows×cols ≤ MR×NR) = alpha·(a_panel · b_panel) + beta·C, beta == 0 ignoring C.
+template <class Arch, std::size_t MR, std::size_t NV>
+inline void gemm_micro_kernel(std::size_t kc, const float* __restrict a, const float* __restrict b,
+                              float alpha, float beta, float* __restrict c, std::size_t ldc,
+                              std::size_t rows, std::size_t cols) {
+  using batch = xsimd::batch<float, Arch>;
+  constexpr std::size_t W = batch::size;
+  constexpr std::size_t NR = NV * W;
+  batch acc[MR][NV];
+#pragma GCC unroll 32
+  for (std::size_t i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+    for (std::size_t v = 0; v < NV; ++v) acc[i][v] = batch(0.0f);
+
+  for (std::size_t k = 0; k < kc; ++k) {
+    batch bv[NV];
+#pragma GCC unroll 8
+    for (std::size_t v = 0; v < NV; ++v) bv[v] = batch::load_aligned(b + v * W);
+#pragma GCC unroll 32
+    for (std::size_t i = 0; i < MR; ++i) {
+      const batch av(a[i]);
+#pragma GCC unroll 8
+      for (std::size_t v = 0; v < NV; ++v) acc[i][v] = fused_multiply_add(av, bv[v], acc[i][v]);
+    }
+    a += MR;
+    b += NR;
+  }
+
+  const batch va(alpha), vb(beta);
+  if (rows == MR && cols == NR) {
+#pragma GCC unroll 32
+    for (std::size_t i = 0; i < MR; ++i) {
+      float* ci = c + i * ldc;
+#pragma GCC unroll 8
+      for (std::size_t v = 0; v < NV; ++v) {
+        const batch r = beta == 0.0f
+                            ? va * acc[i][v]
+                            : fused_multiply_add(va, acc[i][v], vb * batch::load_unaligned(ci + v * W));
+        r.store_unaligned(ci + v * W);
+      }
+    }
+    return;
+  }
+  // Edge tile: the same arithmetic, lane by lane, on the valid part only.
+  alignas(64) float tile[MR * NR];
+#pragma GCC unroll 32
+  for (std::size_t i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+    for (std::size_t v = 0; v < NV; ++v) acc[i][v].store_aligned(tile + i * NR + v * W);
+  for (std::size_t i = 0; i < rows; ++i)
+    for (std::size_t j = 0; j < cols; ++j) {
+      float& cij = c[i * ldc + j];
+      cij = beta == 0.0f ? alpha * tile[i * NR + j] : std::fma(alpha, tile[i * NR + j], beta * cij);
+    }
+}
+
+/// The packed, blocked GEMM for one SIMD architecture (gemm uses the default one; tests also
+/// run narrower ones to check the kernels of other targets on this host).
+template <class Arch, class Tile = gemm_tile<Arch>>
+void gemm_blocked(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K,
+                  float alpha, const float* A, std::size_t lda, const float* B, std::size_t ldb,
+                  float beta, float* C, std::size_t ldc) {
+  using cfg = Tile;
+  constexpr std::size_t MR = cfg::MR, NR = cfg::NR, KC = cfg::KC;
+  if (M == 0 || N == 0) return;
+  if (K == 0 || alpha == 0.0f) {
+    parallel_for(0, M, 64, [&](std::size_t lo, std::size_t hi) {
+      for (std::size_t i = lo; i < hi; ++i)
+        for (std::size_t j = 0; j < N; ++j)
+          C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
+    });
+    return;
+  }
+
+  // Small products are not worth waking other threads for.
+  const bool threaded = double(M) * double(N) * double(K) >= 64.0 * 64.0 * 64.0;
+  // Whole panels per block, so that packing a block never runs past its buffer.
+  constexpr std::size_t MC = std::max(cfg::MC / MR, std::size_t{1}) * MR;
+  constexpr std::size_t NC = std::max(cfg::NC / NR, std::size_t{1}) * NR;
+  const std::size_t mc_max = std::min(MC, (M + MR - 1) / MR * MR);
+  const std::size_t nc_max = std::min(NC, (N + NR - 1) / NR * NR);
+  const std::size_t kc_max = std::min(KC, K);
+  float* packed_b = scratch_buffer<0>(nc_max * kc_max + mc_max * kc_max);
+  float* packed_a = packed_b + nc_max * kc_max;
+
+  auto run = [&](std::size_t n, std::size_t grain, const auto& fn) {
+    if (threaded)
+      parallel_for(0, n, grain, fn);
+    else
+      fn(std::size_t{0}, n);
+  };
+
+  for (std::size_t jc = 0; jc < N; jc += NC) {
+    const std::size_t nc = std::min(NC, N - jc);
+    const std::size_t n_panels = (nc + NR - 1) / NR;
+    for (std::size_t pc = 0; pc < K; pc += KC) {
+      const std::size_t kc = std::min(KC, K - pc);
+      const float beta_k = pc == 0 ? beta : 1.0f;
+      run(n_panels, 4, [&](std::size_t lo, std::size_t hi) {
+        for (std::size_t p = lo; p < hi; ++p)
+          pack_b_panel<Arch, NR>(tb, B, ldb, jc + p * NR, std::min(NR, nc - p * NR), pc, kc,
+                                 packed_b + p * NR * kc);
+      });
+      for (std::size_t ic = 0; ic < M; ic += MC) {
+        const std::size_t mc = std::min(MC, M - ic);
+        const std::size_t m_panels = (mc + MR - 1) / MR;
+        run(m_panels, 4, [&](std::size_t lo, std::size_t hi) {
+          for (std::size_t p = lo; p < hi; ++p)
+            pack_a_panel<MR>(ta, A, lda, ic + p * MR, std::min(MR, mc - p * MR), pc, kc,
+                             packed_a + p * MR * kc);
+        });
+        // Tasks are tiles of C; consecutive tasks share their B tile, which stays in L2.
+        const std::size_t tm = cfg::tile_rows / MR, tn = cfg::tile_cols / NR;
+        const std::size_t m_tiles = (m_panels + tm - 1) / tm, n_tiles = (n_panels + tn - 1) / tn;
+        run(m_tiles * n_tiles, 1, [&](std::size_t lo, std::size_t hi) {
+          for (std::size_t t = lo; t < hi; ++t) {
+            const std::size_t mt = t % m_tiles, nt = t / m_tiles;
+            const std::size_t p_end = std::min(m_panels, (mt + 1) * tm);
+            const std::size_t q_end = std::min(n_panels, (nt + 1) * tn);
+            for (std::size_t p = mt * tm; p < p_end; ++p) {
+              const std::size_t i0 = p * MR, rows = std::min(MR, mc - i0);
+              for (std::size_t q = nt * tn; q < q_end; ++q) {
+                const std::size_t j0 = q * NR, cols = std::min(NR, nc - j0);
+                gemm_micro_kernel<Arch, MR, cfg::NV>(
+                    kc, packed_a + p * MR * kc, packed_b + q * NR * kc, alpha, beta_k,
+                    C + (ic + i0) * ldc + jc + j0, ldc, rows, cols);
+              }
+            }
+          }
+        });
+      }
+    }
+  }
+}
+
+}  // namespace detail
+
 /// The fast GEMM (same contract as gemm_reference; results may differ from it by rounding
 /// only, and never depend on the thread count).
 inline void gemm(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K,
                  float alpha, const float* A, std::size_t lda, const float* B, std::size_t ldb,
                  float beta, float* C, std::size_t ldc) {
-  parallel_for(0, M, 16, [&](std::size_t lo, std::size_t hi) {
-    gemm_reference(ta, tb, hi - lo, N, K, alpha,
-                   ta == transpose::no ? A + lo * lda : A + lo, lda, B, ldb, beta,
-                   C + lo * ldc, ldc);
-  });
+  detail::gemm_blocked<xsimd::default_arch>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C,
+                                            ldc);
 }
 
 }  // namespace qkit

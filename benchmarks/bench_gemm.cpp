@@ -1,0 +1,144 @@
+// bench_gemm — qkit::gemm against OpenBLAS's cblas_sgemm (same binary, same data) and the
+// scalar reference, at square sizes and at the im2col shapes of a small Fashion-MNIST network.
+// Counters: GFLOP/s (2·M·N·K per call). Threads: "/threads:1" and "/threads:all" variants set
+// both libraries to one thread or to every hardware thread.
+#include <benchmark/benchmark.h>
+
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <qkit/tensor/gemm.hpp>
+
+#ifdef QKIT_HAVE_CBLAS
+#include <cblas.h>
+#endif
+
+namespace {
+
+struct gemm_case {
+  std::string name;
+  std::size_t M, N, K;
+  qkit::transpose ta = qkit::transpose::no, tb = qkit::transpose::no;
+};
+
+// im2col GEMMs of a MobileNet-style network on 28×28 inputs, batch 64 (N = 64·OH·OW):
+// forward y[O × N·OH·OW] = w[O × C·9] · col; the 1×1 pointwise conv is w[O × C] · x.
+const std::vector<gemm_case>& cases() {
+  static const std::vector<gemm_case> c{
+      {"square128", 128, 128, 128},
+      {"square256", 256, 256, 256},
+      {"square512", 512, 512, 512},
+      {"square1024", 1024, 1024, 1024},
+      {"square512_AtB", 512, 512, 512, qkit::transpose::yes, qkit::transpose::no},
+      {"square512_ABt", 512, 512, 512, qkit::transpose::no, qkit::transpose::yes},
+      {"conv3x3_1to16_28x28_b64", 16, 64 * 784, 9},
+      {"conv3x3_16to32_s2_14x14_b64", 32, 64 * 196, 144},
+      {"conv3x3_32to64_14x14_b64", 64, 64 * 196, 288},
+      {"conv3x3_64to64_7x7_b64", 64, 64 * 49, 576},
+      {"pointwise1x1_32to64_14x14_b64", 64, 64 * 196, 32},
+      {"conv3x3_32to64_14x14_per_image", 64, 196, 288},
+      // backward-weight of the 3x3 32->64 conv: dw[O × C·9] = dy[O × NHW] · col^T
+      {"conv3x3_32to64_dw_b64", 64, 288, 64 * 196, qkit::transpose::no, qkit::transpose::yes},
+      // backward-data: dcol[C·9 × NHW] = w^T[C·9 × O] · dy
+      {"conv3x3_32to64_dx_b64", 288, 64 * 196, 64, qkit::transpose::yes, qkit::transpose::no},
+  };
+  return c;
+}
+
+struct operands {
+  std::vector<float> a, b, c;
+  std::size_t lda, ldb;
+  explicit operands(const gemm_case& g) {
+    std::mt19937 rng(1);
+    std::uniform_real_distribution<float> d(-1.0f, 1.0f);
+    a.resize(g.M * g.K);
+    b.resize(g.K * g.N);
+    c.assign(g.M * g.N, 0.0f);
+    for (auto& v : a) v = d(rng);
+    for (auto& v : b) v = d(rng);
+    lda = g.ta == qkit::transpose::no ? g.K : g.M;
+    ldb = g.tb == qkit::transpose::no ? g.N : g.K;
+  }
+};
+
+std::size_t thread_count(bool all) {
+  return all ? std::max(1u, std::thread::hardware_concurrency()) : 1;
+}
+
+void set_counters(benchmark::State& state, const gemm_case& g) {
+  const double flops = 2.0 * double(g.M) * double(g.N) * double(g.K);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.SetItemsProcessed(state.iterations() * std::int64_t(g.M * g.N));
+}
+
+void bm_qkit(benchmark::State& state, std::size_t index, bool all_threads) {
+  const auto& g = cases()[index];
+  operands o(g);
+  qkit::set_num_threads(thread_count(all_threads));
+  for (auto _ : state) {
+    qkit::gemm(g.ta, g.tb, g.M, g.N, g.K, 1.0f, o.a.data(), o.lda, o.b.data(), o.ldb, 0.0f,
+               o.c.data(), g.N);
+    benchmark::DoNotOptimize(o.c.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, g);
+}
+
+void bm_reference(benchmark::State& state, std::size_t index) {
+  const auto& g = cases()[index];
+  operands o(g);
+  for (auto _ : state) {
+    qkit::gemm_reference(g.ta, g.tb, g.M, g.N, g.K, 1.0f, o.a.data(), o.lda, o.b.data(), o.ldb,
+                         0.0f, o.c.data(), g.N);
+    benchmark::DoNotOptimize(o.c.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, g);
+}
+
+#ifdef QKIT_HAVE_CBLAS
+void bm_openblas(benchmark::State& state, std::size_t index, bool all_threads) {
+  const auto& g = cases()[index];
+  operands o(g);
+  openblas_set_num_threads(int(thread_count(all_threads)));
+  for (auto _ : state) {
+    cblas_sgemm(CblasRowMajor, g.ta == qkit::transpose::no ? CblasNoTrans : CblasTrans,
+                g.tb == qkit::transpose::no ? CblasNoTrans : CblasTrans, int(g.M), int(g.N),
+                int(g.K), 1.0f, o.a.data(), int(o.lda), o.b.data(), int(o.ldb), 0.0f,
+                o.c.data(), int(g.N));
+    benchmark::DoNotOptimize(o.c.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, g);
+}
+#endif
+
+const bool registered = [] {
+  for (std::size_t i = 0; i < cases().size(); ++i) {
+    const auto& g = cases()[i];
+    for (bool all : {false, true}) {
+      const std::string t = all ? "/threads:all" : "/threads:1";
+      benchmark::RegisterBenchmark(("qkit_gemm/" + g.name + t).c_str(), bm_qkit, i, all)
+          ->Unit(benchmark::kMicrosecond)
+          ->UseRealTime();
+#ifdef QKIT_HAVE_CBLAS
+      benchmark::RegisterBenchmark(("openblas_sgemm/" + g.name + t).c_str(), bm_openblas, i, all)
+          ->Unit(benchmark::kMicrosecond)
+          ->UseRealTime();
+#endif
+    }
+    // The scalar reference only where it finishes in reasonable time.
+    if (double(g.M) * double(g.N) * double(g.K) <= 300e6)
+      benchmark::RegisterBenchmark(("reference_gemm/" + g.name).c_str(), bm_reference, i)
+          ->Unit(benchmark::kMicrosecond)
+          ->UseRealTime();
+  }
+  return true;
+}();
+
+}  // namespace
+
+BENCHMARK_MAIN();
