@@ -4,7 +4,9 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 #include <qkit/tensor/conv.hpp>
@@ -98,5 +100,169 @@ TEST_CASE("conv2d reference: backward passes are the adjoints of the forward") {
     for (std::size_t n = 0; n < s.N; ++n)
       for (std::size_t i = 0; i < OH * OW; ++i) sum += dy[(n * s.O + o) * OH * OW + i];
     CHECK(std::abs(db[o] - sum) < 1e-4);
+  }
+}
+
+namespace {
+
+struct conv_case {
+  qkit::conv2d_shape s;
+  std::string name;
+};
+
+std::vector<float> absolute(std::vector<float> v) {
+  for (auto& e : v) e = std::abs(e);
+  return v;
+}
+
+// |fast - ref| ≤ c·terms·eps·(the same computation on absolute values), element by element.
+std::size_t count_mismatches(const std::vector<float>& fast, const std::vector<float>& ref,
+                             const std::vector<float>& magnitude, double terms) {
+  std::size_t bad = 0;
+  for (std::size_t i = 0; i < fast.size(); ++i) {
+    const double tol = 2.0 * (terms + 2.0) * 1.2e-7 * magnitude[i] + 1e-30;
+    if (!(std::abs(double(fast[i]) - ref[i]) <= tol)) ++bad;
+  }
+  return bad;
+}
+
+void check_conv_against_reference(const qkit::conv2d_shape& s, const std::string& name,
+                                  std::mt19937& rng) {
+  const std::size_t OH = s.OH(), OW = s.OW(), Cg = s.C / s.p.groups;
+  auto x = random_vector(s.N * s.C * s.H * s.W, rng);
+  auto w = random_vector(s.O * Cg * s.KH * s.KW, rng);
+  auto b = random_vector(s.O, rng);
+  auto dy = random_vector(s.N * s.O * OH * OW, rng);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  INFO(name, ": N=", s.N, " C=", s.C, " HxW=", s.H, "x", s.W, " O=", s.O, " k=", s.KH, "x",
+       s.KW, " groups=", s.p.groups);
+
+  for (bool with_bias : {true, false}) {
+    // Outputs start as NaN: every element must be overwritten.
+    std::vector<float> y(dy.size(), nan), y_ref(dy.size()), y_mag(dy.size());
+    const float* bias = with_bias ? b.data() : nullptr;
+    qkit::conv2d_forward(s, x.data(), w.data(), bias, y.data());
+    qkit::conv2d_forward_reference(s, x.data(), w.data(), bias, y_ref.data());
+    auto ab = absolute(b);
+    qkit::conv2d_forward_reference(s, absolute(x).data(), absolute(w).data(),
+                                   with_bias ? ab.data() : nullptr, y_mag.data());
+    CHECK(count_mismatches(y, y_ref, y_mag, double(Cg * s.KH * s.KW)) == 0);
+  }
+  {
+    std::vector<float> dx(x.size(), nan), dx_ref(x.size()), dx_mag(x.size());
+    qkit::conv2d_backward_data(s, dy.data(), w.data(), dx.data());
+    qkit::conv2d_backward_data_reference(s, dy.data(), w.data(), dx_ref.data());
+    qkit::conv2d_backward_data_reference(s, absolute(dy).data(), absolute(w).data(),
+                                         dx_mag.data());
+    CHECK(count_mismatches(dx, dx_ref, dx_mag, double(s.O / s.p.groups * s.KH * s.KW)) == 0);
+  }
+  for (bool with_bias : {true, false}) {
+    std::vector<float> dw(w.size(), nan), dw_ref(w.size()), dw_mag(w.size());
+    std::vector<float> db(s.O, nan), db_ref(s.O), db_mag(s.O);
+    qkit::conv2d_backward_weight(s, x.data(), dy.data(), dw.data(),
+                                 with_bias ? db.data() : nullptr);
+    qkit::conv2d_backward_weight_reference(s, x.data(), dy.data(), dw_ref.data(), db_ref.data());
+    qkit::conv2d_backward_weight_reference(s, absolute(x).data(), absolute(dy).data(),
+                                           dw_mag.data(), db_mag.data());
+    const double terms = double(s.N * OH * OW);
+    CHECK(count_mismatches(dw, dw_ref, dw_mag, terms) == 0);
+    if (with_bias) CHECK(count_mismatches(db, db_ref, db_mag, terms) == 0);
+  }
+}
+
+std::vector<conv_case> conv_cases() {
+  std::vector<conv_case> v;
+  auto add = [&](const std::string& name, std::size_t N, std::size_t C, std::size_t H,
+                 std::size_t W, std::size_t O, std::size_t KH, std::size_t KW,
+                 qkit::conv2d_params p) { v.push_back({make_shape(N, C, H, W, O, KH, KW, p), name}); };
+  qkit::conv2d_params p;
+  add("1x1 pointwise", 3, 8, 7, 9, 12, 1, 1, p);
+  add("3x3 valid", 1, 3, 8, 8, 5, 3, 3, p);
+  add("first layer 1->16 3x3 pad 1 (depthwise path)", 3, 1, 28, 28, 16, 3, 3, {1, 1, 1, 1, 1, 1});
+  {
+    qkit::conv2d_params q; q.pad_top = q.pad_left = q.pad_bottom = q.pad_right = 1;
+    add("3x3 same", 3, 6, 13, 11, 7, 3, 3, q);
+    q.stride_h = q.stride_w = 2;
+    add("3x3 stride 2", 3, 16, 14, 14, 32, 3, 3, q);
+    q.groups = 2;
+    add("3x3 stride 2 groups 2", 1, 8, 15, 12, 6, 3, 3, q);
+    q.stride_h = q.stride_w = 1;
+    q.groups = 8;
+    add("depthwise 3x3 pad 1", 3, 8, 14, 14, 8, 3, 3, q);
+    add("depthwise multiplier 2", 1, 8, 9, 19, 16, 3, 3, q);
+    q.stride_h = q.stride_w = 2;
+    add("depthwise 3x3 stride 2", 3, 8, 28, 27, 8, 3, 3, q);
+    q.dilation_h = 2; q.dilation_w = 3;
+    add("depthwise dilated stride 2", 1, 8, 20, 37, 8, 3, 3, q);
+  }
+  {
+    qkit::conv2d_params q; q.pad_top = 2; q.pad_left = 0; q.pad_bottom = 1; q.pad_right = 3;
+    add("5x5 asymmetric pads", 3, 4, 12, 10, 6, 5, 5, q);
+    q.groups = 4;
+    add("5x5 asymmetric pads depthwise", 3, 4, 12, 40, 4, 5, 5, q);
+    q.groups = 2; q.stride_h = 2; q.stride_w = 3; q.dilation_h = 2; q.dilation_w = 1;
+    add("5x3 strided dilated grouped", 3, 6, 17, 23, 4, 5, 3, q);
+  }
+  {
+    qkit::conv2d_params q; q.dilation_h = q.dilation_w = 2; q.pad_top = q.pad_bottom = 2;
+    q.pad_left = q.pad_right = 2;
+    add("3x3 dilation 2", 3, 5, 10, 10, 3, 3, 3, q);
+  }
+  {
+    qkit::conv2d_params q; q.groups = 2;
+    add("1x1 groups 2", 3, 6, 5, 7, 4, 1, 1, q);
+    q.groups = 1; q.stride_h = q.stride_w = 2;
+    add("1x1 stride 2 (im2col path)", 3, 6, 9, 9, 4, 1, 1, q);
+    q.stride_h = q.stride_w = 1; q.pad_left = 1;
+    add("1x1 padded (im2col path)", 1, 6, 5, 5, 4, 1, 1, q);
+  }
+  {
+    qkit::conv2d_params q; q.pad_top = q.pad_bottom = q.pad_left = q.pad_right = 3;
+    add("kernel wider than input, padded", 1, 2, 2, 3, 3, 7, 7, q);
+  }
+  return v;
+}
+
+}  // namespace
+
+TEST_CASE("conv2d fast paths agree with the references") {
+  std::mt19937 rng(123);
+  for (const auto& c : conv_cases()) check_conv_against_reference(c.s, c.name, rng);
+}
+
+TEST_CASE("conv2d backward weight over several batch chunks") {
+  // im2col of one image here exceeds the per-chunk budget, so the batch is reduced in chunks.
+  std::mt19937 rng(5);
+  qkit::conv2d_params q; q.pad_top = q.pad_bottom = q.pad_left = q.pad_right = 1;
+  check_conv_against_reference(make_shape(3, 64, 64, 64, 4, 3, 3, q), "chunked", rng);
+}
+
+TEST_CASE("conv2d results are bit-identical for 1, 2 and 3 threads") {
+  std::mt19937 rng(77);
+  for (const auto& c : conv_cases()) {
+    const auto& s = c.s;
+    auto x = random_vector(s.N * s.C * s.H * s.W, rng);
+    auto w = random_vector(s.O * (s.C / s.p.groups) * s.KH * s.KW, rng);
+    auto b = random_vector(s.O, rng);
+    auto dy = random_vector(s.N * s.O * s.OH() * s.OW(), rng);
+    std::vector<std::vector<float>> y, dx, dw, db;
+    for (std::size_t threads : {1, 2, 3}) {
+      qkit::set_num_threads(threads);
+      y.emplace_back(dy.size());
+      dx.emplace_back(x.size());
+      dw.emplace_back(w.size());
+      db.emplace_back(s.O);
+      qkit::conv2d_forward(s, x.data(), w.data(), b.data(), y.back().data());
+      qkit::conv2d_backward_data(s, dy.data(), w.data(), dx.back().data());
+      qkit::conv2d_backward_weight(s, x.data(), dy.data(), dw.back().data(), db.back().data());
+    }
+    qkit::set_num_threads(0);
+    INFO(c.name);
+    for (std::size_t t = 1; t < 3; ++t) {
+      CHECK(y[0] == y[t]);
+      CHECK(dx[0] == dx[t]);
+      CHECK(dw[0] == dw[t]);
+      CHECK(db[0] == db[t]);
+    }
   }
 }
