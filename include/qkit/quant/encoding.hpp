@@ -141,9 +141,11 @@ inline encoding encoding_from_range(double min, double max, int bitwidth, scheme
     e.min = static_cast<double>(e.offset) * e.scale;
     e.max = e.min + (max - min);
   } else {
+    // Zero is outside (or at an end of) the range: the grid starts at the integer nearest to
+    // min, and min/max describe that grid, as the kernels' clamps use them.
     e.offset = static_cast<std::int64_t>(std::round(min / e.scale));
-    e.min = min;
-    e.max = max;
+    e.min = static_cast<double>(e.offset) * e.scale;
+    e.max = e.min + (max - min);
   }
   return e;
 }
