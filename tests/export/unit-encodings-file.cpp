@@ -207,11 +207,11 @@ TEST_CASE("encodings file: bad files are format errors naming the file and entry
   expect_error(R"({"version": "0.6.1"})", "neither");
   expect_error(R"({"version": "0.6.1", "activation_encodings": {"x": [{"bitwidth": 8,
       "dtype": "int", "is_symmetric": "False", "max": 1.0, "min": 0.0, "offset": 0}]}})",
-               "'x': missing field 'scale'");
+               "'x': encoding entry has no \"scale\" field");
   expect_error(R"({"version": "0.6.1", "param_encodings": {"w": [{"bitwidth": 40,
       "dtype": "int", "is_symmetric": "False", "max": 1.0, "min": 0.0, "offset": 0,
       "scale": 0.1}]}})",
-               "'w': bitwidth 40 is outside 2..32");
+               "'w': encoding field \"bitwidth\" 40 is outside 2..32");
   expect_error(R"({"version": "0.6.1", "param_encodings": {"w": [{"bitwidth": 8,
       "dtype": "int", "is_symmetric": "maybe", "max": 1.0, "min": 0.0, "offset": 0,
       "scale": 0.1}]}})",
@@ -219,11 +219,11 @@ TEST_CASE("encodings file: bad files are format errors naming the file and entry
   expect_error(R"({"version": "0.6.1", "param_encodings": {"w": [{"bitwidth": "8",
       "dtype": "int", "is_symmetric": "True", "max": 1.0, "min": 0.0, "offset": 0,
       "scale": 0.1}]}})",
-               "'bitwidth' must be an integer");
+               "'w': encoding field \"bitwidth\" must be an integer");
   expect_error(R"({"version": "0.6.1", "param_encodings": {"w": [{"bitwidth": 8,
       "dtype": "int", "is_symmetric": "True", "max": 1.0, "min": 0.0, "offset": 0.5,
       "scale": 0.1}]}})",
-               "'offset' must be an integer");
+               "'w': encoding field \"offset\" must be an integer");
   expect_error(R"({"version": "0.6.1", "param_encodings": {"w": {"bitwidth": 8}}})",
                "non-empty list");
   expect_error(R"({"version": "1.0.0", "param_encodings": {"w": []}})", "list of entries");

@@ -19,6 +19,8 @@
 #include "../config.hpp"
 #include "../error.hpp"
 #include "../quant/encoding.hpp"
+#include "../quant/encoding_json.hpp"
+#include "atomic_file.hpp"
 
 namespace qkit::io {
 
@@ -43,26 +45,6 @@ struct encodings_file {
 };
 
 namespace detail {
-
-// Writes through a temporary name in the same directory and renames it over `path`, so readers
-// never see half a file.
-inline void write_text_atomically(const std::filesystem::path& path, const std::string& text) {
-  std::filesystem::path tmp = path;
-  tmp += ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    QKIT_PRECONDITION(out, format_error, "cannot create '", tmp.string(), "'");
-    out.write(text.data(), static_cast<std::streamsize>(text.size()));
-    out.flush();
-    QKIT_PRECONDITION(out, format_error, "cannot write '", tmp.string(), "'");
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::filesystem::remove(tmp, ec);
-    QKIT_THROW(format_error, "cannot rename '", tmp.string(), "' to '", path.string(), "'");
-  }
-}
 
 inline std::string where(const std::string& source) {
   return source.empty() ? std::string("encodings") : "encodings file '" + source + "'";
@@ -108,8 +90,8 @@ inline const nlohmann::json& json_field(const nlohmann::json& obj, const std::st
 
 inline int checked_bitwidth(std::int64_t bw, bool floating, const std::string& ctx) {
   if (floating) {
-    QKIT_PRECONDITION(bw == 16 || bw == 32, format_error, ctx, ": float bitwidth ", bw,
-                      " is not 16 or 32");
+    QKIT_PRECONDITION(bw == 16, format_error, ctx, ": float bitwidth ", bw,
+                      " is not 16 (float encodings are float16)");
   } else {
     QKIT_PRECONDITION(bw >= 2 && bw <= 32, format_error, ctx, ": bitwidth ", bw,
                       " is outside 2..32");
@@ -154,47 +136,27 @@ inline void check_writable(const encoding& e, const std::string& ctx) {
                     " must be finite (scale non-negative)");
 }
 
-// One 0.6.1 entry (AIMET's dict form, also 0.4/0.5). Keys the 0.6.1 spec names; bool as string.
-inline nlohmann::json entry_to_json_0_6_1(const encoding& e) {
-  nlohmann::json j;
-  j["bitwidth"] = e.bitwidth;
-  if (e.dtype == dtype::floating) {
-    j["dtype"] = "float";
-    return j;
-  }
-  j["dtype"] = "int";
-  j["is_symmetric"] = e.symmetric ? "True" : "False";
-  j["max"] = e.max;
-  j["min"] = e.min;
-  j["offset"] = e.offset;
-  j["scale"] = e.scale;
-  return j;
-}
+// One 0.6.1 entry (AIMET's dict form, also 0.4/0.5): quant/encoding_json.hpp's to_json and
+// from_json, with the entry's name put in front of its complaints.
+inline nlohmann::json entry_to_json_0_6_1(const encoding& e) { return nlohmann::json(e); }
 
 inline encoding entry_from_json_0_6_1(const nlohmann::json& j, const std::string& ctx) {
   QKIT_PRECONDITION(j.is_object(), format_error, ctx, ": entry must be an object, got ",
                     j.dump());
-  bool floating = false;
-  if (auto it = j.find("dtype"); it != j.end()) {
-    QKIT_PRECONDITION(it->is_string() && (*it == "int" || *it == "float"), format_error, ctx,
-                      ": 'dtype' must be \"int\" or \"float\", got ", it->dump());
-    floating = *it == "float";
+  try {
+    // Files before 0.5.0 have no dtype: every entry is an integer grid.
+    if (!j.contains("dtype")) {
+      nlohmann::json with_dtype = j;
+      with_dtype["dtype"] = "int";
+      return with_dtype.get<encoding>();
+    }
+    return j.get<encoding>();
+  } catch (const format_error& e) {
+    std::string msg = e.what();
+    const std::string prefix = "qkit: format error: ";
+    if (msg.rfind(prefix, 0) == 0) msg.erase(0, prefix.size());
+    QKIT_THROW(format_error, ctx, ": ", msg);
   }
-  const int bw = checked_bitwidth(json_integer(json_field(j, ctx, "bitwidth"), ctx, "bitwidth"),
-                                  floating, ctx);
-  if (floating) return float_encoding(bw);
-  encoding e;
-  e.bitwidth = bw;
-  e.scale = json_number(json_field(j, ctx, "scale"), ctx, "scale");
-  e.offset = json_integer(json_field(j, ctx, "offset"), ctx, "offset");
-  e.min = json_number(json_field(j, ctx, "min"), ctx, "min");
-  e.max = json_number(json_field(j, ctx, "max"), ctx, "max");
-  e.symmetric = json_bool(json_field(j, ctx, "is_symmetric"), ctx, "is_symmetric");
-  QKIT_PRECONDITION(std::isfinite(e.scale) && e.scale >= 0.0 && (e.scale > 0.0 || bw == 32),
-                    format_error, ctx, ": scale ", e.scale,
-                    " must be positive (0 only for a 32-bit pass-through entry)");
-  QKIT_PRECONDITION(e.min <= e.max, format_error, ctx, ": min ", e.min, " > max ", e.max);
-  return e;
 }
 
 // One 1.0.0 entry: every channel's scale/offset in lists, the shared settings once.
@@ -386,7 +348,7 @@ inline encodings_file encodings_from_json(const nlohmann::json& doc,
 inline void write_encodings(const encodings_file& file, const std::filesystem::path& path,
                             format_version v = format_version::v1_0_0) {
   const std::string text = encodings_to_json(file, v).dump(4) + "\n";
-  detail::write_text_atomically(path, text);
+  write_file_atomically(path, text);
 }
 
 /// Reads an encodings file of any supported version (see encodings_from_json). Corrupt JSON,
