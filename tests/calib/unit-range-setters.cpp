@@ -228,7 +228,7 @@ TEST_CASE("AIMET figures: 10^6 N(0,1) values in batches of 65536, 8 bits") {
   for (const auto* r : {&parity, &exact}) {
     const auto ea = r->compute_encoding(8, qkit::scheme::asymmetric);
     const auto es = r->compute_encoding(8, qkit::scheme::symmetric_signed);
-    MESSAGE((r == &parity ? "parity" : "exact"), " tfe asym [", ea.min, ", ", ea.max, "] delta ",
+    MESSAGE(std::string(r == &parity ? "parity" : "exact"), " tfe asym [", ea.min, ", ", ea.max, "] delta ",
             ea.scale, " offset ", ea.offset, "; tfe sym [", es.min, ", ", es.max, "] delta ",
             es.scale, " offset ", es.offset);
     CHECK(ea.scale == doctest::Approx(0.0326292).epsilon(0.12));

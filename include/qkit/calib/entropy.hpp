@@ -66,8 +66,11 @@ inline void optimize_kl(const std::vector<double>& hist, double hmin, double hma
     const double merged = static_cast<double>(win) / static_cast<double>(qbins);
     std::vector<double> q(win, 0.0);
     for (std::size_t k = 0; k < qbins; ++k) {
-      const std::size_t a = static_cast<std::size_t>(std::ceil(k * merged));
-      const std::size_t b = k + 1 < qbins ? static_cast<std::size_t>(std::ceil((k + 1) * merged)) : win;
+      const auto edge = [&](std::size_t q) {
+        return static_cast<std::size_t>(std::ceil(static_cast<double>(q) * merged));
+      };
+      const std::size_t a = edge(k);
+      const std::size_t b = k + 1 < qbins ? edge(k + 1) : win;
       double sum = 0, norm = 0;
       for (std::size_t i = a; i < b; ++i) {
         sum += w[i];
@@ -97,9 +100,10 @@ inline void optimize_kl(const std::vector<double>& hist, double hmin, double hma
       const double right = hist[stop] + hist[stop - 1];
       int pick = sym <= left && sym <= right ? 0 : (left <= right ? 1 : 2);
       // Keep 0 inside the window: never clip past it.
-      if ((pick == 0 && hmin + (start + 1) * width > 0) || (pick == 1 && hmin + (start + 2) * width > 0))
+      const auto at = [&](std::size_t j) { return hmin + static_cast<double>(j) * width; };
+      if ((pick == 0 && at(start + 1) > 0) || (pick == 1 && at(start + 2) > 0))
         pick = 2;
-      else if ((pick == 0 && hmin + stop * width < 0) || (pick == 2 && hmin + (stop - 1) * width < 0))
+      else if ((pick == 0 && at(stop) < 0) || (pick == 2 && at(stop - 1) < 0))
         pick = 1;
       if (pick == 0) {
         ++start;
