@@ -325,3 +325,27 @@ TEST_CASE("MSE and entropy clip the tails where that lowers the error") {
   mu.observe(u.data(), u.size());
   CHECK(mu.compute_encoding(8, {}).max == doctest::Approx(1.0).epsilon(0.03));
 }
+
+TEST_CASE("TF-Enhanced parity, worked by hand: {-1, 1}, symmetric 8-bit") {
+  // First batch [-1, 1] -> histogram [-3, 3), bucket 6/512 = 0.01171875 (exact in float).
+  // -1 -> bucket round(-1/0.01171875 + 256) = round(170.67) = 171, 1 -> 341.
+  // Observed range = xLeft[171], xLeft[341] = -+0.99609375; deltaMax = 2 * 0.99609375 / 255
+  // = 0.0078125 (exact). A candidate f * deltaMax keeps bucket 341 unsaturated only if
+  // 127 * delta >= 0.99609375, i.e. f >= 1.0039: only the last candidate, f = 1.01 as AIMET
+  // accumulates it in float (1.00999939f). Every other candidate pays 3 x 0.5 x bucket^2 of
+  // saturation, far above any rounding error, so the answer is delta = 1.00999939f / 128.
+  const float v[] = {-1.0f, 1.0f};
+  qkit::tf_enhanced_range r(qkit::histogram_mode::aimet_parity);
+  r.observe(v, 2);
+  const auto& h = r.histogram().aimet();
+  CHECK(h.pdf()[171] == 0.5);
+  CHECK(h.pdf()[341] == 0.5);
+  CHECK(h.x_left()[171] == -0.99609375);
+  const auto e = r.compute_encoding(8, qkit::scheme::symmetric_signed);
+  float f = 0.01f;
+  for (int k = 1; k < 101; ++k) f = static_cast<float>(f + 1.0 / 100);
+  CHECK(f == 1.00999939f);
+  CHECK(e.scale == static_cast<double>(f / 128));
+  CHECK(e.offset == -128);
+  CHECK(e.min == static_cast<double>(-128 * (f / 128)));
+}
