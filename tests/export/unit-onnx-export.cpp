@@ -99,14 +99,6 @@ export_graph make_graph(const std::string& name) {
 
 // ---- qkit's simulation of an export_graph: the reference ------------------------------------
 
-const tensor& find_initializer(const export_graph& g, const std::string& name) {
-  for (const auto& [n, t] : g.initializers)
-    if (n == name) return t;
-  FAIL("no initializer " << name);
-  static tensor none;
-  return none;
-}
-
 void apply_qdq(const export_graph& g, const std::string& name, tensor& t) {
   auto it = g.quantized.find(name);
   if (it == g.quantized.end()) return;
