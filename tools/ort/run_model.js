@@ -3,10 +3,13 @@
 // and users can check an export against qkit's own simulation without Python.
 //
 //   node tools/ort/run_model.js MODEL INPUT.bin SHAPE OUTPUT.bin [--opt disabled|basic|extended|all]
+//        [--save-optimized PATH]
 //
 // INPUT.bin holds raw little-endian float32 values for the model's first input, SHAPE is a
 // comma list of its dimensions (e.g. 2,1,28,28); the first output is written to OUTPUT.bin as
 // raw little-endian float32. One intra-op thread keeps results independent of the machine.
+// --save-optimized writes the graph ONNX Runtime actually ran (e.g. to see which QDQ pairs it
+// fused into QLinearConv and friends at --opt all).
 'use strict';
 const fs = require('fs');
 const path = require('path');
@@ -17,15 +20,19 @@ function fail(msg) {
 }
 
 const usage = 'usage: node run_model.js MODEL INPUT.bin SHAPE OUTPUT.bin ' +
-              '[--opt disabled|basic|extended|all]';
+              '[--opt disabled|basic|extended|all] [--save-optimized PATH]';
 
 function parseArgs(argv) {
   const pos = [];
   let opt = 'disabled';
+  let saveOptimized = null;
   for (let i = 0; i < argv.length; ++i) {
     if (argv[i] === '--opt') {
       if (i + 1 >= argv.length) fail(`--opt needs a level\n${usage}`);
       opt = argv[++i];
+    } else if (argv[i] === '--save-optimized') {
+      if (i + 1 >= argv.length) fail(`--save-optimized needs a path\n${usage}`);
+      saveOptimized = argv[++i];
     } else if (argv[i].startsWith('--opt=')) {
       opt = argv[i].slice(6);
     } else if (argv[i] === '-h' || argv[i] === '--help') {
@@ -44,7 +51,7 @@ function parseArgs(argv) {
     if (!Number.isInteger(d) || d <= 0) fail(`shape '${pos[2]}' must be positive integers separated by commas`);
     return d;
   });
-  return {model: pos[0], input: pos[1], shape, output: pos[3], opt};
+  return {model: pos[0], input: pos[1], shape, output: pos[3], opt, saveOptimized};
 }
 
 async function main() {
@@ -70,13 +77,16 @@ async function main() {
   for (let i = 0; i < count; ++i) values[i] = bytes.readFloatLE(4 * i);
 
   let session;
+  const options = {
+    graphOptimizationLevel: args.opt,
+    intraOpNumThreads: 1,
+    interOpNumThreads: 1,
+    executionMode: 'sequential',
+    logSeverityLevel: 3,  // errors only: ORT's warnings would bury ours
+  };
+  if (args.saveOptimized) options.optimizedModelFilePath = args.saveOptimized;
   try {
-    session = await ort.InferenceSession.create(args.model, {
-      graphOptimizationLevel: args.opt,
-      intraOpNumThreads: 1,
-      interOpNumThreads: 1,
-      executionMode: 'sequential',
-    });
+    session = await ort.InferenceSession.create(args.model, options);
   } catch (e) {
     fail(`ONNX Runtime cannot load '${args.model}': ${e.message}`);
   }
