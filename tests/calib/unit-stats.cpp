@@ -166,3 +166,17 @@ TEST_CASE("aimet_histogram_update equals its reference, halves round away from z
     }
   }
 }
+
+TEST_CASE("large histogram updates (threaded, interleaved counters) equal the references") {
+  auto v = normal(700'001, 17, 1.0f);
+  v[5] = std::numeric_limits<float>::quiet_NaN();
+  const qkit::bin_grid g{-7, -512, 1024};
+  std::vector<std::uint64_t> a(g.bins, 0), b(g.bins, 0);
+  CHECK(qkit::histogram_update(v.data(), v.size(), g, a.data()) ==
+        qkit::histogram_update_reference(v.data(), v.size(), g, b.data()));
+  CHECK(a == b);
+  std::vector<std::uint64_t> c(512, 0), d(512, 0);
+  CHECK(qkit::aimet_histogram_update(v.data(), v.size(), 0.02f, -256.0f, 512, c.data()) ==
+        qkit::aimet_histogram_update_reference(v.data(), v.size(), 0.02f, -256.0f, 512, d.data()));
+  CHECK(c == d);
+}
