@@ -1,0 +1,536 @@
+// qkit/sim/quantsim.hpp — quantization simulation: predicts a model's accuracy on a fixed-point
+// target by running it in float with a quantize-dequantize at every place the target rounds:
+// the model input, every parameter and every op output (AIMET's QuantSim).
+//
+// Which quantizers exist, their bitwidths and dtypes come from a compile-time preset (W8A8,
+// W4A8, FP16, ...); whether each is on, symmetric or per-channel comes from an AIMET-style
+// config (sim/sim_config.hpp); range setters are compile-time policies per quantizer kind.
+// Everything stays adjustable per quantizer, by name, at run time (mixed precision, analysis).
+//
+// The wrapped model is a copy with its batch norms folded; QuantSim plugs into the graph's
+// forward through its hooks, so the quantize-dequantize runs right after each layer's kernel.
+#pragma once
+
+#include <algorithm>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <set>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "../calib/entropy.hpp"
+#include "../calib/minmax.hpp"
+#include "../calib/mse.hpp"
+#include "../calib/percentile.hpp"
+#include "../calib/tf_enhanced.hpp"
+#include "../io/encodings_file.hpp"
+#include "../nn/graph.hpp"
+#include "../nn/weights_file.hpp"
+#include "../ptq/batch_norm_fold.hpp"
+#include "../quant/quantizer.hpp"
+#include "dataflow.hpp"
+#include "model_validator.hpp"
+#include "sim_config.hpp"
+
+namespace qkit {
+
+/// A compile-time precision preset: parameter and activation bitwidths and dtypes, and whether
+/// weights are quantized per output channel. FP16 is 16-bit float for both (AIMET's W16A16
+/// float); bitwidth 32 int is pass-through (an FP32 reference run through the same machinery).
+template <int ParamBits, int ActBits, bool PerChannel = false,
+          dtype ParamType = dtype::integer, dtype ActType = dtype::integer>
+struct sim_preset {
+  static constexpr int param_bitwidth = ParamBits;
+  static constexpr int activation_bitwidth = ActBits;
+  static constexpr bool per_channel = PerChannel;
+  static constexpr dtype param_dtype = ParamType;
+  static constexpr dtype activation_dtype = ActType;
+
+  static_assert(ParamType == dtype::integer ? (ParamBits >= 2 && ParamBits <= 32) : ParamBits == 16,
+                "qkit::sim_preset: integer parameters take 2..32 bits, float parameters 16");
+  static_assert(ActType == dtype::integer ? (ActBits >= 2 && ActBits <= 32) : ActBits == 16,
+                "qkit::sim_preset: integer activations take 2..32 bits, float activations 16");
+
+  /// "W8A8", "W4A8 per-channel", "FP16", "FP32".
+  static std::string label() {
+    std::string s;
+    if (ParamType == dtype::floating && ActType == dtype::floating) s = "FP16";
+    else if (ParamBits >= 32 && ActBits >= 32) s = "FP32";
+    else s = "W" + std::to_string(ParamBits) + "A" + std::to_string(ActBits);
+    if (PerChannel) s += " per-channel";
+    return s;
+  }
+
+  /// AIMET's default config, or its per-channel variant.
+  static sim_config default_config() {
+    return PerChannel ? default_sim_config_per_channel() : default_sim_config();
+  }
+};
+
+namespace presets {
+using fp32 = sim_preset<32, 32>;
+using w16a16 = sim_preset<16, 16>;
+using w8a16 = sim_preset<8, 16>;
+using w8a8 = sim_preset<8, 8>;
+using w4a8 = sim_preset<4, 8>;
+using fp16 = sim_preset<16, 16, false, dtype::floating, dtype::floating>;
+using w16a16_per_channel = sim_preset<16, 16, true>;
+using w8a16_per_channel = sim_preset<8, 16, true>;
+using w8a8_per_channel = sim_preset<8, 8, true>;
+using w4a8_per_channel = sim_preset<4, 8, true>;
+}  // namespace presets
+
+/// Where a quantizer sits.
+enum class quantizer_kind { input, activation, param };
+
+/// AIMET's quant_scheme name for a range setter (quantizer_args in encodings files).
+template <class R>
+std::string quant_scheme_name() {
+  if constexpr (std::is_same_v<R, minmax_range>) return "post_training_tf";
+  else if constexpr (std::is_same_v<R, tf_enhanced_range>) return "post_training_tf_enhanced";
+  else if constexpr (std::is_same_v<R, percentile_range>) return "post_training_percentile";
+  else if constexpr (std::is_same_v<R, mse_range>) return "post_training_mse";
+  else if constexpr (std::is_same_v<R, entropy_range>) return "post_training_entropy";
+  else return "custom";
+}
+
+template <class Model, class Preset = presets::w8a8, class ParamRangeSetter = minmax_range,
+          class ActRangeSetter = minmax_range, rounding R = rounding::half_even>
+class quantsim {
+ public:
+  using model_type = Model;
+  using preset = Preset;
+  using param_quantizer_type = quantizer<ParamRangeSetter, R>;
+  using activation_quantizer_type = quantizer<ActRangeSetter, R>;
+  static constexpr rounding rounding_policy = R;
+
+  /// Validates `model` on `example_input` (sim/model_validator.hpp), copies it, folds its batch
+  /// norms and places quantizers as `config` says. The range-setter prototypes carry their
+  /// options (percentile, histogram mode).
+  quantsim(const Model& model, const tensor& example_input,
+           const sim_config& config = Preset::default_config(),
+           ActRangeSetter activation_range = ActRangeSetter{},
+           ParamRangeSetter param_range = ParamRangeSetter{})
+      : model_(std::make_unique<Model>(model)), config_(config) {
+    sim::validate_model(*model_, example_input);
+    folds_ = fold_batch_norms(*model_);
+    input_shape_.assign(example_input.shape().begin(), example_input.shape().end());
+    build(activation_range, param_range);
+    nn::no_hooks h;
+    tensor y = nn::forward(*model_, example_input, h);
+    output_shape_.assign(y.shape().begin(), y.shape().end());
+  }
+
+  quantsim(quantsim&&) noexcept = default;
+  quantsim& operator=(quantsim&&) noexcept = default;
+
+  /// The simulated model (batch norms folded). Changing its weights is seen by the next
+  /// forward: parameters are quantize-dequantized afresh on every pass.
+  Model& model() { return *model_; }
+  const Model& model() const { return *model_; }
+  const sim_config& config() const { return config_; }
+  const sim::dataflow& dataflow() const { return flow_; }
+  const std::vector<batch_norm_fold>& folded_batch_norms() const { return folds_; }
+  const std::vector<std::size_t>& input_shape() const { return input_shape_; }
+  const std::vector<std::size_t>& output_shape() const { return output_shape_; }
+
+  // ---- running --------------------------------------------------------------------------
+
+  /// The simulated forward pass (during compute_encodings: the float pass that feeds the
+  /// statistics).
+  tensor forward(const tensor& x) {
+    hooks h{this};
+    if (calibrating_) {
+      if (acts_[0].enabled()) acts_[0].observe(x);
+      return nn::forward(*model_, x, h);
+    }
+    if (!passes_through(acts_[0])) {
+      tensor xq = acts_[0].qdq(x);
+      return nn::forward(*model_, xq, h);
+    }
+    return nn::forward(*model_, x, h);
+  }
+
+  /// Calibrates: callback(*this) runs representative data through forward(); statistics are
+  /// gathered in float (no quantization during the pass, as AIMET does), then every enabled,
+  /// unfrozen quantizer gets its encodings. Parameter encodings come from the weights.
+  template <class Callback>
+  void compute_encodings(Callback&& callback) {
+    for (auto& q : acts_)
+      if (!q.frozen()) q.reset_statistics();
+    calibrating_ = true;
+    try {
+      callback(*this);
+    } catch (...) {
+      calibrating_ = false;
+      throw;
+    }
+    calibrating_ = false;
+    compute_param_encodings();
+    for (auto& q : acts_) {
+      if (!q.enabled() || q.frozen()) continue;
+      if (q.settings().dtype == dtype::integer && q.bitwidth() >= 32) continue;
+      QKIT_PRECONDITION(q.settings().dtype == dtype::floating || q.has_statistics(),
+                        calibration_error, "quantizer '", q.name(),
+                        "' saw no data during compute_encodings (does the callback call "
+                        "forward?)");
+      q.compute_encodings();
+    }
+  }
+
+  /// Recomputes parameter encodings from the current weights (unfrozen ones only). QAT calls
+  /// this every step; compute_encodings calls it too.
+  void compute_param_encodings() {
+    for (std::size_t i = 0; i < params_.size(); ++i) {
+      auto& q = params_[i];
+      if (q.frozen()) continue;
+      q.reset_statistics();
+      if (q.settings().dtype == dtype::integer && q.bitwidth() >= 32) continue;
+      q.observe(*param_values_[i]);
+      q.compute_encodings();
+    }
+  }
+
+  // ---- quantizers by name ---------------------------------------------------------------
+
+  /// Names of all quantizers: "input", then per node its output tensor name, and parameter
+  /// names "<layer>.weight" / "<layer>.bias".
+  std::vector<std::string> quantizer_names() const {
+    std::vector<std::string> names;
+    for (const auto& q : acts_) names.push_back(q.name());
+    for (const auto& q : params_) names.push_back(q.name());
+    return names;
+  }
+
+  bool has_quantizer(const std::string& name) const {
+    return act_index_.count(name) || param_index_.count(name);
+  }
+
+  param_quantizer_type& param_quantizer(const std::string& name) {
+    auto it = param_index_.find(name);
+    if (it == param_index_.end()) unknown(name, "parameter");
+    return params_[it->second];
+  }
+  activation_quantizer_type& activation_quantizer(const std::string& name) {
+    auto it = act_index_.find(name);
+    if (it == act_index_.end()) unknown(name, "activation");
+    return acts_[it->second];
+  }
+  const param_quantizer_type& param_quantizer(const std::string& name) const {
+    return const_cast<quantsim*>(this)->param_quantizer(name);
+  }
+  const activation_quantizer_type& activation_quantizer(const std::string& name) const {
+    return const_cast<quantsim*>(this)->activation_quantizer(name);
+  }
+
+  /// f(const std::string& name, quantizer_kind, auto& quantizer) for every quantizer.
+  template <class F>
+  void for_each_quantizer(F&& f) {
+    for (std::size_t i = 0; i < acts_.size(); ++i)
+      f(acts_[i].name(), i == 0 ? quantizer_kind::input : quantizer_kind::activation, acts_[i]);
+    for (auto& q : params_) f(q.name(), quantizer_kind::param, q);
+  }
+  template <class F>
+  void for_each_quantizer(F&& f) const {
+    for (std::size_t i = 0; i < acts_.size(); ++i)
+      f(acts_[i].name(), i == 0 ? quantizer_kind::input : quantizer_kind::activation, acts_[i]);
+    for (const auto& q : params_) f(q.name(), quantizer_kind::param, q);
+  }
+
+  /// Applies f(auto& quantizer) to the quantizer called `name`, whichever kind it is.
+  template <class F>
+  decltype(auto) with_quantizer(const std::string& name, F&& f) {
+    if (auto it = act_index_.find(name); it != act_index_.end()) return f(acts_[it->second]);
+    if (auto it = param_index_.find(name); it != param_index_.end()) return f(params_[it->second]);
+    unknown(name, "");
+  }
+
+  void set_enabled(const std::string& name, bool on) {
+    with_quantizer(name, [&](auto& q) { q.set_enabled(on); });
+  }
+  void set_bitwidth(const std::string& name, int bw) {
+    with_quantizer(name, [&](auto& q) { q.set_bitwidth(bw); });
+  }
+  /// Installs encodings and freezes them, so later calibration leaves them alone.
+  void set_and_freeze_encodings(const std::string& name, std::vector<encoding> encs) {
+    with_quantizer(name, [&](auto& q) {
+      q.unfreeze();
+      q.set_encodings(std::move(encs));
+      q.freeze();
+    });
+  }
+  /// Turns every quantizer off (the FP32 check) or on as placed by the config.
+  void set_all_enabled(bool on) {
+    if (!on) {
+      for_each_quantizer([](const std::string&, quantizer_kind, auto& q) { q.set_enabled(false); });
+      return;
+    }
+    for (std::size_t i = 0; i < acts_.size(); ++i) acts_[i].set_enabled(act_placed_[i]);
+    for (std::size_t i = 0; i < params_.size(); ++i) params_[i].set_enabled(param_placed_[i]);
+  }
+
+  // ---- files ------------------------------------------------------------------------------
+
+  /// The encodings of every enabled quantizer that has them, keyed as AIMET keys them
+  /// (activation tensor names, "<layer>.weight"), with AIMET's quantizer_args.
+  io::encodings_file encodings() const {
+    io::encodings_file f;
+    for (std::size_t i = 0; i < acts_.size(); ++i)
+      if (exported(acts_[i])) f.activation_encodings[acts_[i].name()] = acts_[i].encodings();
+    for (const auto& q : params_)
+      if (exported(q)) f.param_encodings[q.name()] = q.encodings();
+    nlohmann::json args;
+    args["activation_bitwidth"] = Preset::activation_bitwidth;
+    args["param_bitwidth"] = Preset::param_bitwidth;
+    args["dtype"] = Preset::activation_dtype == dtype::floating ? "float" : "int";
+    args["is_symmetric"] = config_.resolve_param("Conv", "weight").symmetric;
+    args["per_channel_quantization"] = Preset::per_channel;
+    args["quant_scheme"] = quant_scheme_name<ActRangeSetter>();
+    f.quantizer_args = args;
+    return f;
+  }
+
+  /// Writes the encodings file (AIMET format 0.6.1 or 1.0.0), atomically.
+  void export_encodings(const std::filesystem::path& path,
+                        io::format_version version = io::format_version::v1_0_0) const {
+    io::write_encodings(encodings(), path, version);
+  }
+
+  /// Loads an encodings file written for this model and freezes what it sets. The file must
+  /// name exactly the enabled quantizers (format_error listing the names that differ), with
+  /// the bitwidths and channel counts they are configured for.
+  void load_encodings(const std::filesystem::path& path) {
+    const io::encodings_file f = io::read_encodings(path);
+    std::set<std::string> param_names, act_names;
+    std::map<std::string, int> param_bw, act_bw;
+    for (std::size_t i = 0; i < acts_.size(); ++i) {
+      if (!loadable(acts_[i])) continue;
+      act_names.insert(acts_[i].name());
+      act_bw[acts_[i].name()] = signed_bitwidth(acts_[i]);
+    }
+    for (const auto& q : params_) {
+      if (!loadable(q)) continue;
+      param_names.insert(q.name());
+      param_bw[q.name()] = signed_bitwidth(q);
+    }
+    io::check_encoding_names(f, param_names, act_names);
+    io::check_encoding_bitwidths(f, param_bw, act_bw);
+    for (std::size_t i = 0; i < params_.size(); ++i) {
+      auto it = f.param_encodings.find(params_[i].name());
+      if (it == f.param_encodings.end()) continue;
+      const std::size_t want =
+          params_[i].per_channel() ? param_values_[i]->shape(0) : std::size_t{1};
+      QKIT_PRECONDITION(it->second.size() == want, format_error, path.string(), ": param '",
+                        it->first, "' has ", it->second.size(), " encoding(s), the model's ",
+                        params_[i].per_channel() ? "per-channel" : "per-tensor",
+                        " quantizer expects ", want);
+    }
+    for (auto& [name, encs] : f.param_encodings) set_and_freeze_encodings(name, encs);
+    for (auto& [name, encs] : f.activation_encodings) {
+      QKIT_PRECONDITION(encs.size() == 1, format_error, path.string(), ": activation '", name,
+                        "' has ", encs.size(), " encodings, expected one");
+      set_and_freeze_encodings(name, encs);
+    }
+  }
+
+  /// Saves the simulated (batch-norm folded) model's float weights as .npz, keyed by name.
+  void save_weights(const std::filesystem::path& path) { nn::save_weights(*model_, path); }
+
+  /// A table of every quantizer: name, kind, on/off, bitwidth, scheme and range.
+  std::string summary() const {
+    std::ostringstream os;
+    for_each_quantizer([&](const std::string& name, quantizer_kind k, const auto& q) {
+      os << (k == quantizer_kind::param ? "param " : "act   ") << name << ": ";
+      if (!q.enabled()) {
+        os << "off\n";
+        return;
+      }
+      if (q.settings().dtype == dtype::floating) os << "fp16";
+      else os << "int" << q.bitwidth() << (q.settings().s.symmetric ? " sym" : " asym");
+      if (q.per_channel()) os << " per-channel(" << q.encodings().size() << ")";
+      if (q.has_encodings() && q.settings().dtype == dtype::integer && !q.per_channel())
+        os << " [" << q.encodings()[0].min << ", " << q.encodings()[0].max << "]";
+      if (q.frozen()) os << " frozen";
+      os << "\n";
+    });
+    return os.str();
+  }
+
+ private:
+  struct leaf_slot {
+    int output = -1;
+    int weight = -1;
+    int bias = -1;
+    tensor weight_q, bias_q;  // reused buffers for the quantize-dequantized parameters
+  };
+
+  struct hooks : nn::no_hooks {
+    quantsim* sim;
+    explicit hooks(quantsim* s) : sim(s) {}
+    template <class L>
+    const tensor& param(const L& layer, std::string_view name, const tensor& value) {
+      return sim->quantized_param(&layer, name, value);
+    }
+    template <class L>
+    void output(const L& layer, tensor& y) {
+      sim->on_output(&layer, y);
+    }
+  };
+
+  template <class Q>
+  static bool passes_through(const Q& q) {
+    return !q.enabled() || (q.settings().dtype == dtype::integer && q.bitwidth() >= 32);
+  }
+  template <class Q>
+  static bool exported(const Q& q) {
+    return q.enabled() && q.has_encodings() && !passes_through(q);
+  }
+  template <class Q>
+  static bool loadable(const Q& q) {
+    return q.enabled() && !passes_through(q);
+  }
+  template <class Q>
+  static int signed_bitwidth(const Q& q) {
+    return q.settings().dtype == dtype::floating ? -16 : q.bitwidth();
+  }
+
+  const tensor& quantized_param(const void* layer, std::string_view name, const tensor& value) {
+    if (calibrating_) return value;
+    auto it = slots_.find(layer);
+    if (it == slots_.end()) return value;
+    leaf_slot& slot = it->second;
+    const bool is_weight = name == "weight";
+    const int idx = is_weight ? slot.weight : name == "bias" ? slot.bias : -1;
+    if (idx < 0 || passes_through(params_[idx])) return value;
+    tensor& buf = is_weight ? slot.weight_q : slot.bias_q;
+    if (buf.shape() != value.shape()) buf = tensor::from_shape(value.shape());
+    params_[idx].qdq(value.data(), buf.data(),
+                     std::span<const std::size_t>(value.shape().data(), value.shape().size()));
+    return buf;
+  }
+
+  void on_output(const void* layer, tensor& y) {
+    auto it = slots_.find(layer);
+    if (it == slots_.end() || it->second.output < 0) return;
+    auto& q = acts_[it->second.output];
+    if (calibrating_) {
+      if (q.enabled()) q.observe(y);
+      return;
+    }
+    if (!passes_through(q)) q.qdq_inplace(y);
+  }
+
+  [[noreturn]] void unknown(const std::string& name, const char* kind) const {
+    std::ostringstream os;
+    std::size_t shown = 0;
+    for (const auto& n : quantizer_names()) {
+      if (shown++ == 12) {
+        os << ", ...";
+        break;
+      }
+      os << (shown > 1 ? ", " : "") << n;
+    }
+    QKIT_THROW(config_error, "quantsim: no ", kind, (*kind ? " " : ""), "quantizer named '",
+               name, "' (quantizers: ", os.str(), ")");
+  }
+
+  // The config decides where it says something (op_type, then defaults); else the preset.
+  bool per_channel_for(const std::string& op) const {
+    if (auto it = config_.op_type.find(op);
+        it != config_.op_type.end() && it->second.per_channel_quantization)
+      return *it->second.per_channel_quantization;
+    return config_.defaults.per_channel_quantization.value_or(Preset::per_channel);
+  }
+
+  void add_activation(const std::string& name, bool enabled, const scheme& s,
+                      const ActRangeSetter& proto) {
+    quantizer_settings st;
+    st.bitwidth = Preset::activation_bitwidth;
+    st.dtype = Preset::activation_dtype;
+    st.s = s;
+    st.enabled = enabled;
+    act_index_[name] = acts_.size();
+    acts_.emplace_back(name, st, proto);
+  }
+
+  void build(const ActRangeSetter& act_proto, const ParamRangeSetter& param_proto) {
+    add_activation("input", config_.model_input_quantized.value_or(false),
+                   config_.scheme_for(config_.defaults.is_symmetric.value_or(false)), act_proto);
+    flow_ = sim::describe_dataflow(*model_, [&](const sim::dataflow_node& node, auto& leaf) {
+      const auto op = config_.resolve_op(node.op_type);
+      leaf_slot slot;
+      slot.output = static_cast<int>(acts_.size());
+      add_activation(node.output, op.output_quantized, op.scheme, act_proto);
+      leaf.for_each_parameter([&](std::string_view suffix, tensor& value, tensor* grad) {
+        if (!grad) return;  // running statistics are state, not parameters
+        const std::string kind(suffix);
+        const auto pr = config_.resolve_param(node.op_type, kind);
+        quantizer_settings st;
+        st.bitwidth = Preset::param_bitwidth;
+        st.dtype = Preset::param_dtype;
+        st.s = pr.scheme;
+        st.enabled = pr.quantized;
+        // Per output channel: axis 0 of Conv's OIHW and Gemm's [out, in] weights.
+        if (kind == "weight" && per_channel_for(node.op_type)) st.channel_axis = 0;
+        const std::string name = node.name + "." + kind;
+        (kind == "weight" ? slot.weight : slot.bias) = static_cast<int>(params_.size());
+        param_index_[name] = params_.size();
+        params_.emplace_back(name, st, param_proto);
+        param_values_.push_back(&value);
+      });
+      slots_[node.layer] = std::move(slot);
+    });
+
+    // An op that wants its inputs quantized gets the quantizer of whatever feeds it.
+    for (const auto& node : flow_.nodes) {
+      if (!config_.resolve_op(node.op_type).input_quantized) continue;
+      for (const auto& in : node.inputs) acts_[act_index_.at(in)].set_enabled(true);
+    }
+    // Supergroups: an op chain the target fuses keeps only its last output quantizer. A link
+    // counts only when the tensor has no other reader (a skip connection keeps it).
+    for (const auto& group : config_.supergroups) {
+      for (const auto& start : flow_.nodes) {
+        std::vector<const sim::dataflow_node*> chain{&start};
+        if (start.op_type != group[0]) continue;
+        for (std::size_t j = 1; j < group.size(); ++j) {
+          const auto& out = chain.back()->output;
+          const auto readers = flow_.consumers(out);
+          if (flow_.readers(out) != 1 || readers.size() != 1 || readers[0]->op_type != group[j])
+            break;
+          chain.push_back(readers[0]);
+        }
+        if (chain.size() != group.size()) continue;
+        for (std::size_t j = 0; j + 1 < chain.size(); ++j)
+          acts_[act_index_.at(chain[j]->output)].set_enabled(false);
+      }
+    }
+    if (config_.model_output_quantized.has_value() && !flow_.nodes.empty())
+      acts_[act_index_.at(flow_.output)].set_enabled(*config_.model_output_quantized);
+
+    for (const auto& q : acts_) act_placed_.push_back(q.enabled());
+    for (const auto& q : params_) param_placed_.push_back(q.enabled());
+  }
+
+  std::unique_ptr<Model> model_;
+  sim_config config_;
+  std::vector<batch_norm_fold> folds_;
+  sim::dataflow flow_;
+  std::vector<activation_quantizer_type> acts_;  // [0] is the model input
+  std::vector<param_quantizer_type> params_;
+  std::vector<tensor*> param_values_;            // the model's parameter for params_[i]
+  std::vector<bool> act_placed_, param_placed_;  // enabled as the config placed them
+  std::unordered_map<std::string, std::size_t> act_index_, param_index_;
+  std::unordered_map<const void*, leaf_slot> slots_;
+  std::vector<std::size_t> input_shape_, output_shape_;
+  bool calibrating_ = false;
+};
+
+}  // namespace qkit

@@ -1,0 +1,235 @@
+// QuantSim on a small synthetic network that has every structure the real one has: conv-bn-
+// relu6, a residual block with a depthwise conv, add+relu, pooling and a classifier.
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include <qkit/nn/nn.hpp>
+#include <qkit/ptq/batch_norm_fold.hpp>
+#include <qkit/sim/quantsim.hpp>
+
+namespace fs = std::filesystem;
+using namespace qkit;
+
+namespace {
+
+auto make_model(std::uint32_t seed = 7) {
+  using namespace qkit::nn;
+  auto m = sequential(
+      conv2d(1, 8, 3, {.stride = 1, .padding = 1, .bias = false}), batch_norm(8), relu6(),
+      residual(sequential(conv2d(8, 8, 1), batch_norm(8), relu(),
+                          conv2d(8, 8, 3, {.padding = 1, .groups = 8}), batch_norm(8))),
+      relu(), global_avg_pool(), flatten(), linear(8, 4));
+  init_parameters(m, seed);
+  // Non-trivial batch-norm statistics, so that folding really changes the weights.
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(0.5f, 1.5f), c(-0.3f, 0.3f);
+  for_each_parameter(m, [&](const std::string& name, tensor& v, tensor*) {
+    if (name.ends_with("running_var")) for (auto& x : v) x = u(rng);
+    if (name.ends_with("running_mean")) for (auto& x : v) x = c(rng);
+  });
+  return m;
+}
+
+tensor random_input(std::size_t n, std::uint32_t seed) {
+  tensor x = tensor::from_shape({n, 1, 12, 12});
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.5f, 1.0f);
+  for (auto& v : x) v = d(rng);
+  return x;
+}
+
+template <class Sim>
+void calibrate(Sim& sim) {
+  sim.compute_encodings([](auto& s) {
+    for (std::uint32_t b = 0; b < 4; ++b) (void)s.forward(random_input(8, 100 + b));
+  });
+}
+
+bool bit_identical(const tensor& a, const tensor& b) {
+  if (a.shape() != b.shape()) return false;
+  return std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+fs::path out_dir() {
+  fs::path d = fs::path(QKIT_TEST_OUTPUT) / "sim";
+  fs::create_directories(d);
+  return d;
+}
+
+}  // namespace
+
+TEST_CASE("quantsim places quantizers by name and leaves none inside supergroups") {
+  auto model = make_model();
+  quantsim sim(model, random_input(2, 1));
+  const auto names = sim.quantizer_names();
+  auto has = [&](const std::string& n) { return sim.has_quantizer(n); };
+  CHECK(has("input"));
+  CHECK(has("0.weight"));
+  CHECK(has("0.bias"));  // folding gave the bias-less conv a bias
+  CHECK(has("3.add"));
+  CHECK(has("7.weight"));
+  CHECK_FALSE(has("1"));  // folded batch norms are no nodes
+  CHECK_FALSE(has("1.weight"));
+  CHECK(sim.folded_batch_norms().size() == 3);
+
+  // Conv+Clip, Conv+Relu and Add+Relu are fused: their first op's output is not quantized.
+  CHECK_FALSE(sim.activation_quantizer("0").enabled());
+  CHECK(sim.activation_quantizer("2").enabled());
+  CHECK_FALSE(sim.activation_quantizer("3.0").enabled());
+  CHECK(sim.activation_quantizer("3.3").enabled());  // dw conv feeds the add: no supergroup
+  CHECK_FALSE(sim.activation_quantizer("3.add").enabled());
+  CHECK(sim.activation_quantizer("4").enabled());
+  CHECK(sim.activation_quantizer("7").enabled());
+  CHECK(sim.activation_quantizer("input").enabled());
+  // AIMET's default: weights symmetric, biases not quantized.
+  CHECK(sim.param_quantizer("0.weight").enabled());
+  CHECK(sim.param_quantizer("0.weight").settings().s.symmetric);
+  CHECK_FALSE(sim.param_quantizer("0.bias").enabled());
+  CHECK_FALSE(sim.activation_quantizer("2").settings().s.symmetric);
+
+  CHECK_THROWS_WITH_AS(sim.param_quantizer("nope.weight"),
+                       doctest::Contains("no parameter quantizer named 'nope.weight'"),
+                       config_error);
+}
+
+TEST_CASE("quantsim with every quantizer off, or at 32 bits, is bit-identical to the FP32 model") {
+  auto model = make_model();
+  auto folded = model;
+  fold_batch_norms(folded);
+  const tensor x = random_input(5, 42);
+  const tensor expected = nn::forward(folded, x);
+
+  quantsim sim(model, random_input(2, 1));
+  calibrate(sim);
+  CHECK_FALSE(bit_identical(sim.forward(x), expected));  // W8A8 changes something
+  sim.set_all_enabled(false);
+  CHECK(bit_identical(sim.forward(x), expected));
+
+  quantsim<decltype(model), presets::fp32> sim32(model, random_input(2, 1));
+  calibrate(sim32);
+  CHECK(bit_identical(sim32.forward(x), expected));
+}
+
+TEST_CASE("quantsim W8A8 stays close to FP32 and its outputs lie on their grids") {
+  auto model = make_model();
+  auto folded = model;
+  fold_batch_norms(folded);
+  quantsim sim(model, random_input(2, 1));
+  calibrate(sim);
+  const tensor x = random_input(8, 43);
+  const tensor ref = nn::forward(folded, x);
+  const tensor y = sim.forward(x);
+  const auto& e = sim.activation_quantizer("7").encodings().at(0);
+  double max_err = 0;
+  for (std::size_t i = 0; i < y.size(); ++i) {
+    max_err = std::max(max_err, std::fabs(double(y.data()[i]) - ref.data()[i]));
+    const double q = double(y.data()[i]) / e.scale - double(e.offset);
+    CHECK(std::fabs(q - std::round(q)) < 1e-3);
+  }
+  CHECK(max_err < 0.1 * (e.max - e.min));
+  CHECK(max_err > 0.0);
+}
+
+TEST_CASE("quantsim per-channel preset and config overrides") {
+  auto model = make_model();
+  quantsim<decltype(model), presets::w8a8_per_channel> pc(model, random_input(2, 1));
+  calibrate(pc);
+  CHECK(pc.param_quantizer("0.weight").per_channel());
+  CHECK(pc.param_quantizer("0.weight").encodings().size() == 8);
+  CHECK_FALSE(pc.param_quantizer("7.weight").per_channel());  // AIMET: Gemm stays per-tensor
+
+  const sim_config cfg = parse_sim_config_text(R"({
+    "defaults": {"ops": {"is_output_quantized": "True"},
+                 "params": {"is_quantized": "True", "is_symmetric": "False"},
+                 "per_channel_quantization": "True"},
+    "params": {"bias": {"is_quantized": "True"}},
+    "op_type": {"Gemm": {"per_channel_quantization": "False"}},
+    "supergroups": [],
+    "model_input": {"is_input_quantized": "False"},
+    "model_output": {}
+  })");
+  quantsim sim(model, random_input(2, 1), cfg);
+  calibrate(sim);
+  CHECK_FALSE(sim.activation_quantizer("input").enabled());
+  CHECK(sim.activation_quantizer("0").enabled());  // no supergroups now
+  CHECK(sim.param_quantizer("0.weight").per_channel());
+  CHECK_FALSE(sim.param_quantizer("0.weight").settings().s.symmetric);
+  CHECK(sim.param_quantizer("0.bias").enabled());
+  CHECK_FALSE(sim.param_quantizer("7.weight").per_channel());
+
+  // Runtime changes by name.
+  sim.set_bitwidth("3.3", 4);
+  calibrate(sim);
+  CHECK(sim.activation_quantizer("3.3").encodings()[0].bitwidth == 4);
+  sim.set_enabled("3.3", false);
+  CHECK_FALSE(sim.activation_quantizer("3.3").enabled());
+}
+
+TEST_CASE("quantsim encodings round-trip through both AIMET formats, bit for bit") {
+  auto model = make_model();
+  quantsim<decltype(model), presets::w4a8_per_channel> sim(model, random_input(2, 1));
+  calibrate(sim);
+  const tensor x = random_input(6, 44);
+  const tensor y = sim.forward(x);
+  for (auto v : {io::format_version::v0_6_1, io::format_version::v1_0_0}) {
+    const fs::path p = out_dir() / (std::string("enc_") + io::to_string(v) + ".json");
+    sim.export_encodings(p, v);
+    quantsim<decltype(model), presets::w4a8_per_channel> fresh(model, random_input(2, 1));
+    fresh.load_encodings(p);
+    CHECK(fresh.param_quantizer("0.weight").frozen());
+    CHECK(bit_identical(fresh.forward(x), y));
+    // Frozen encodings survive a later calibration.
+    calibrate(fresh);
+    CHECK(bit_identical(fresh.forward(x), y));
+  }
+}
+
+TEST_CASE("quantsim refuses encodings made for another model or another precision") {
+  auto model = make_model();
+  quantsim sim(model, random_input(2, 1));
+  calibrate(sim);
+  const fs::path p = out_dir() / "w8a8.json";
+  sim.export_encodings(p, io::format_version::v0_6_1);
+
+  auto other = nn::sequential(nn::conv2d(1, 4, 3), nn::relu(), nn::global_avg_pool(),
+                              nn::flatten(), nn::linear(4, 2));
+  nn::init_parameters(other, 3);
+  quantsim sim_other(other, random_input(2, 1));
+  CHECK_THROWS_WITH_AS(sim_other.load_encodings(p), doctest::Contains("the model does not have (3): 3.0.weight, 3.3.weight, 7.weight"), format_error);
+
+  quantsim<decltype(model), presets::w4a8> w4(model, random_input(2, 1));
+  CHECK_THROWS_WITH_AS(w4.load_encodings(p), doctest::Contains("model expects int4"),
+                       format_error);
+
+  const fs::path bad = out_dir() / "corrupt.json";
+  std::ofstream(bad) << "{\"version\": \"0.6.1\", \"param_encodings\": {";
+  CHECK_THROWS_AS(sim.load_encodings(bad), format_error);
+}
+
+TEST_CASE("quantsim calibration and validation errors") {
+  auto model = make_model();
+  quantsim sim(model, random_input(2, 1));
+  CHECK_THROWS_WITH_AS(sim.compute_encodings([](auto&) {}),
+                       doctest::Contains("saw no data"), calibration_error);
+  // Forward before any encodings exist names the quantizer.
+  CHECK_THROWS_AS(sim.forward(random_input(1, 2)), calibration_error);
+
+  CHECK_THROWS_WITH_AS(quantsim(model, tensor::from_shape({2, 3, 12, 12})),
+                       doctest::Contains("example input of shape [2, 3, 12, 12]"), shape_error);
+
+  nn::relu shared;
+  auto twice = nn::sequential(nn::conv2d(1, 2, 3), std::ref(shared), nn::conv2d(2, 2, 1),
+                              std::ref(shared), nn::global_avg_pool(), nn::flatten());
+  nn::init_parameters(twice, 1);
+  CHECK_THROWS_WITH_AS(quantsim(twice, random_input(1, 1)), doctest::Contains("used 2 times"),
+                       config_error);
+
+  auto lone_bn = nn::sequential(nn::batch_norm(1), nn::conv2d(1, 2, 3), nn::global_avg_pool(),
+                                nn::flatten());
+  nn::init_parameters(lone_bn, 1);
+  CHECK_THROWS_WITH_AS(quantsim(lone_bn, random_input(1, 1)),
+                       doctest::Contains("BatchNormalization '0' cannot be folded"), config_error);
+}
