@@ -210,6 +210,8 @@ inline void check_grid(const bin_grid& g) {
                     " bins leaves float's exact integers (|bin| <= 2^24)");
 }
 
+inline constexpr std::size_t index_chunk = 512;  // a multiple of every SIMD width
+
 // Bin increments of many values in few bins form a chain of store-to-load dependencies on
 // the same counter. Four interleaved copies of the counts (lane k -> copy k % 4) break the
 // chain; they are added up at the end, so the counts are the same integers.
@@ -227,24 +229,27 @@ class scatter_counts {
   scatter_counts(const scatter_counts&) = delete;
   scatter_counts& operator=(const scatter_counts&) = delete;
 
-  // Adds the W indices of one vector (those outside [0, bins) are skipped); returns how many.
-  template <std::size_t W>
-  std::size_t add(const std::int32_t* idx) {
+  // Adds m bin indices (those outside [0, bins) are skipped); returns how many.
+  std::size_t add(const std::int32_t* idx, std::size_t m) {
+    // Locals, not members: a count store could otherwise alias bins_ (both unsigned long).
     std::size_t counted = 0;
     const std::uint32_t bins = static_cast<std::uint32_t>(bins_);
-    if (split_) {
-      for (std::size_t k = 0; k < W; ++k) {
+    std::uint64_t* const sub = split_ ? sub_.data() : nullptr;
+    std::uint64_t* const counts = counts_;
+    const std::size_t stride = bins_;
+    if (sub != nullptr) {
+      for (std::size_t k = 0; k < m; ++k) {
         const std::uint32_t b = static_cast<std::uint32_t>(idx[k]);
         if (b < bins) {
-          ++sub_[(k & 3) * bins_ + b];
+          ++sub[(k & 3) * stride + b];
           ++counted;
         }
       }
     } else {
-      for (std::size_t k = 0; k < W; ++k) {
+      for (std::size_t k = 0; k < m; ++k) {
         const std::uint32_t b = static_cast<std::uint32_t>(idx[k]);
         if (b < bins) {
-          ++counts_[b];
+          ++counts[b];
           ++counted;
         }
       }
@@ -268,19 +273,23 @@ inline std::size_t histogram_update_block(const float* x, std::size_t n, const b
   const std::uint32_t bins = static_cast<std::uint32_t>(g.bins);
   std::size_t counted = 0;
   const std::size_t nv = n - n % W;
-  alignas(64) std::int32_t idx[W];
+  // Indices of a chunk are computed in SIMD first, then counted: fewer store/load turnarounds.
+  alignas(64) std::int32_t idx[index_chunk];
   scatter_counts scatter(nv, g.bins, counts);
-  const B vscale(scale), vbase(basef), zero(0.0f), minus_one(-1.0f);
-  for (std::size_t i = 0; i < nv; i += W) {
-    const B v = B::load_unaligned(x + i);
-    const B s = v * vscale;
-    B f = xsimd::floor(s);
-    f = xsimd::select((s == zero) & (v < zero), minus_one, f);
-    const B j = f - vbase;
-    // Out-of-range, NaN and Inf convert to INT_MIN (or a large value): rejected below.
-    const B jc = xsimd::select((j >= zero) & (j < B(static_cast<float>(bins))), j, minus_one);
-    xsimd::batch_cast<std::int32_t>(jc).store_aligned(idx);
-    counted += scatter.add<W>(idx);
+  const B vscale(scale), vbase(basef), zero(0.0f), minus_one(-1.0f), top(static_cast<float>(bins));
+  for (std::size_t i0 = 0; i0 < nv; i0 += index_chunk) {
+    const std::size_t m = std::min(index_chunk, nv - i0);
+    for (std::size_t k = 0; k < m; k += W) {
+      const B v = B::load_unaligned(x + i0 + k);
+      const B s = v * vscale;
+      B f = xsimd::floor(s);
+      f = xsimd::select((s == zero) & (v < zero), minus_one, f);
+      const B j = f - vbase;
+      // Out of range, NaN and Inf all become -1, which the counting skips.
+      const B jc = xsimd::select((j >= zero) & (j < top), j, minus_one);
+      xsimd::batch_cast<std::int32_t>(jc).store_aligned(idx + k);
+    }
+    counted += scatter.add(idx, m);
   }
   for (std::size_t i = nv; i < n; ++i) {
     const double j = exact_bin_of(x[i], g.shift) - basef;
@@ -310,14 +319,17 @@ inline std::size_t aimet_histogram_block(const float* x, std::size_t n, float bu
   constexpr std::size_t W = B::size;
   std::size_t counted = 0;
   const std::size_t nv = n - n % W;
-  alignas(64) std::int32_t idx[W];
+  alignas(64) std::int32_t idx[index_chunk];
   scatter_counts scatter(nv, bins, counts);
   const B vb(bucket), vo(offset), zero(0.0f), minus_one(-1.0f), top(static_cast<float>(bins));
-  for (std::size_t i = 0; i < nv; i += W) {
-    const B t = round_half_away_batch(B::load_unaligned(x + i) / vb - vo);
-    const B tc = xsimd::select((t >= zero) & (t < top), t, minus_one);
-    xsimd::batch_cast<std::int32_t>(tc).store_aligned(idx);
-    counted += scatter.add<W>(idx);
+  for (std::size_t i0 = 0; i0 < nv; i0 += index_chunk) {
+    const std::size_t m = std::min(index_chunk, nv - i0);
+    for (std::size_t k = 0; k < m; k += W) {
+      const B t = round_half_away_batch(B::load_unaligned(x + i0 + k) / vb - vo);
+      const B tc = xsimd::select((t >= zero) & (t < top), t, minus_one);
+      xsimd::batch_cast<std::int32_t>(tc).store_aligned(idx + k);
+    }
+    counted += scatter.add(idx, m);
   }
   for (std::size_t i = nv; i < n; ++i) {
     const float t = std::round(x[i] / bucket - offset);
