@@ -192,6 +192,12 @@ std::vector<conv_case> conv_cases() {
     add("depthwise multiplier 2", 1, 8, 9, 19, 16, 3, 3, q);
     q.stride_h = q.stride_w = 2;
     add("depthwise 3x3 stride 2", 3, 8, 28, 27, 8, 3, 3, q);
+    add("depthwise 3x3 stride 2, even width past one vector", 2, 8, 9, 40, 8, 3, 3, q);
+    q.pad_left = 0; q.pad_right = 2;
+    add("depthwise 3x3 stride 2, pad left 0", 2, 8, 9, 34, 8, 3, 3, q);
+    q.stride_h = 3; q.stride_w = 3; q.pad_left = 2; q.pad_right = 0;
+    add("depthwise 3x3 stride 3", 2, 8, 11, 38, 8, 3, 3, q);
+    q.stride_h = q.stride_w = 2; q.pad_left = q.pad_right = 1;
     q.dilation_h = 2; q.dilation_w = 3;
     add("depthwise dilated stride 2", 1, 8, 20, 37, 8, 3, 3, q);
   }
@@ -265,4 +271,41 @@ TEST_CASE("conv2d results are bit-identical for 1, 2 and 3 threads") {
       CHECK(db[0] == db[t]);
     }
   }
+}
+
+TEST_CASE("conv2d depthwise: non-finite weights and inputs give what the reference gives") {
+  // Stride 2 without padding leaves the last input column unread: its gradient must stay 0
+  // even when a weight is infinite, and an Inf in that column must not reach dw.
+  std::mt19937 rng(31);
+  qkit::conv2d_params q;
+  q.stride_h = q.stride_w = 2;
+  q.groups = 4;
+  const auto s = make_shape(2, 4, 8, 8, 4, 3, 3, q);
+  const std::size_t OH = s.OH(), OW = s.OW();
+  REQUIRE(OW == 3);
+  auto x = random_vector(s.N * s.C * s.H * s.W, rng);
+  auto w = random_vector(s.O * s.KH * s.KW, rng);
+  auto dy = random_vector(s.N * s.O * OH * OW, rng);
+  auto same = [](const std::vector<float>& a, const std::vector<float>& b) {
+    std::size_t bad = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      if (std::isnan(a[i]) || std::isnan(b[i])) bad += std::isnan(a[i]) != std::isnan(b[i]);
+      else bad += !(a[i] == b[i] || std::abs(a[i] - b[i]) <= 1e-5f * (1 + std::abs(b[i])));
+    }
+    return bad;
+  };
+  w[4] = std::numeric_limits<float>::infinity();
+  std::vector<float> dx(x.size()), dx_ref(x.size());
+  qkit::conv2d_backward_data(s, dy.data(), w.data(), dx.data());
+  qkit::conv2d_backward_data_reference(s, dy.data(), w.data(), dx_ref.data());
+  CHECK(dx[7] == 0.0f);  // column 7 of row 0 is never read
+  CHECK(same(dx, dx_ref) == 0);
+
+  x[7] = std::numeric_limits<float>::infinity();
+  std::vector<float> dw(w.size()), dw_ref(w.size()), db(s.O), db_ref(s.O);
+  qkit::conv2d_backward_weight(s, x.data(), dy.data(), dw.data(), db.data());
+  qkit::conv2d_backward_weight_reference(s, x.data(), dy.data(), dw_ref.data(), db_ref.data());
+  CHECK(std::isfinite(dw[0]));
+  CHECK(same(dw, dw_ref) == 0);
+  CHECK(same(db, db_ref) == 0);
 }

@@ -271,115 +271,230 @@ inline void col2im(const conv2d_shape& s, std::size_t channels, const float* col
     }
 }
 
-/// A zero-padded input plane stored by column phase, so that strided taps become contiguous:
-/// element (r, j) of the padded plane sits at ((r·sw + j % sw)·Wq + j / sw).
-struct phased_plane {
-  std::size_t Hp, Wp, Wq, sw;
-  explicit phased_plane(const conv2d_shape& s)
-      : Hp(s.H + s.p.pad_top + s.p.pad_bottom),
-        Wp(s.W + s.p.pad_left + s.p.pad_right),
-        Wq((Wp + s.p.stride_w - 1) / s.p.stride_w),
-        sw(s.p.stride_w) {}
-  std::size_t size() const { return Hp * sw * Wq; }
-  /// Offset of the padded row r at column j (any phase).
-  std::size_t at(std::size_t r, std::size_t j) const { return (r * sw + j % sw) * Wq + j / sw; }
-
-  void fill(const conv2d_shape& s, const float* x, float* out) const {
-    std::fill(out, out + size(), 0.0f);
-    for (std::size_t h = 0; h < s.H; ++h)
-      for (std::size_t w = 0; w < s.W; ++w)
-        out[at(h + s.p.pad_top, w + s.p.pad_left)] = x[h * s.W + w];
+/// even[i] = src[2i], odd[i] = src[2i + 1] for i < pairs.
+inline void deinterleave2(const float* src, std::size_t pairs, float* even, float* odd) {
+  std::size_t i = 0;
+#if XSIMD_WITH_AVX512F
+  const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  for (; i + 16 <= pairs; i += 16) {
+    const __m512 a = _mm512_loadu_ps(src + 2 * i), b = _mm512_loadu_ps(src + 2 * i + 16);
+    _mm512_storeu_ps(even + i, _mm512_permutex2var_ps(a, ie, b));
+    _mm512_storeu_ps(odd + i, _mm512_permutex2var_ps(a, io, b));
   }
+#endif
+  for (; i < pairs; ++i) {
+    even[i] = src[2 * i];
+    odd[i] = src[2 * i + 1];
+  }
+}
+
+/// The inverse of deinterleave2: dst[2i] = even[i], dst[2i + 1] = odd[i].
+inline void interleave2(const float* even, const float* odd, std::size_t pairs, float* dst) {
+  std::size_t i = 0;
+#if XSIMD_WITH_AVX512F
+  const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  for (; i + 16 <= pairs; i += 16) {
+    const __m512 e = _mm512_loadu_ps(even + i), o = _mm512_loadu_ps(odd + i);
+    _mm512_storeu_ps(dst + 2 * i, _mm512_permutex2var_ps(e, lo, o));
+    _mm512_storeu_ps(dst + 2 * i + 16, _mm512_permutex2var_ps(e, hi, o));
+  }
+#endif
+  for (; i < pairs; ++i) {
+    dst[2 * i] = even[i];
+    dst[2 * i + 1] = odd[i];
+  }
+}
+
+/// A zero-padded input plane split by row and column phase (r mod sh, j mod sw), so that
+/// every kernel tap reads one contiguous run: padded element (r, j) sits at
+/// ((r % sh)·sw + j % sw)·Hq·Wq + (r / sh)·Wq + j / sw, and tap (kh, kw) of output (oh, ow)
+/// at tap[kh·KW + kw] + oh·Wq + ow. Outputs are computed on the "wide" grid OH × Wq (the
+/// columns ow ≥ OW are computed and discarded), which makes each tap a flat 1-D run of
+/// OH·Wq elements whatever the stride, padding or dilation.
+template <std::size_t Lanes>
+struct phased_plane {
+  std::size_t sh, sw, Hq, Wq, OH, OW, wide, wide_padded;
+  std::vector<std::size_t> tap;
+
+  explicit phased_plane(const conv2d_shape& s)
+      : sh(s.p.stride_h),
+        sw(s.p.stride_w),
+        Hq((s.H + s.p.pad_top + s.p.pad_bottom + sh - 1) / sh),
+        Wq((s.W + s.p.pad_left + s.p.pad_right + sw - 1) / sw),
+        OH(s.OH()),
+        OW(s.OW()),
+        wide(OH * Wq),
+        wide_padded((OH * Wq + Lanes - 1) / Lanes * Lanes),
+        tap(s.KH * s.KW) {
+    for (std::size_t kh = 0; kh < s.KH; ++kh)
+      for (std::size_t kw = 0; kw < s.KW; ++kw) {
+        const std::size_t r = kh * s.p.dilation_h, j = kw * s.p.dilation_w;
+        tap[kh * s.KW + kw] = ((r % sh) * sw + j % sw) * Hq * Wq + (r / sh) * Wq + j / sw;
+      }
+  }
+  /// Floats of a plane buffer: the phases, plus the slack that the last vector of the last
+  /// tap reads past the wide grid, rounded to whole vectors (what follows stays aligned).
+  std::size_t size() const { return (sh * sw * Hq * Wq + Wq + 2 * Lanes - 1) / Lanes * Lanes; }
+  std::size_t offset(std::size_t r, std::size_t j) const {
+    return ((r % sh) * sw + j % sw) * Hq * Wq + (r / sh) * Wq + j / sw;
+  }
+  /// Writes the input plane's values into their places; the padding is never written, so a
+  /// buffer zeroed once can be refilled with plane after plane.
+  void fill_interior(const conv2d_shape& s, const float* x, float* out) const {
+    copy_interior<true>(s, x, out);
+  }
+  /// Reads the interior back into a dense H×W plane (the adjoint of fill_interior).
   void extract(const conv2d_shape& s, const float* in, float* dx) const {
-    for (std::size_t h = 0; h < s.H; ++h)
-      for (std::size_t w = 0; w < s.W; ++w)
-        dx[h * s.W + w] = in[at(h + s.p.pad_top, w + s.p.pad_left)];
+    copy_interior<false>(s, in, dx);
+  }
+
+ private:
+  // Moves values from the dense plane to the phased buffer (ToPhased) or back. Row and column
+  // phases are stepped incrementally: no division per row.
+  template <bool ToPhased>
+  void copy_interior(const conv2d_shape& s, const float* src, float* dst) const {
+    const std::size_t HqWq = Hq * Wq, pt = s.p.pad_top, pl = s.p.pad_left;
+    std::size_t rp = pt % sh, rq = pt / sh;  // phase and index of padded row r = h + pt
+    for (std::size_t h = 0; h < s.H; ++h) {
+      copy_row<ToPhased>(s, h, rp * sw * HqWq + rq * Wq, src, dst);
+      if (++rp == sh) {
+        rp = 0;
+        ++rq;
+      }
+    }
+  }
+
+  template <bool ToPhased>
+  void copy_row(const conv2d_shape& s, std::size_t h, std::size_t row, const float* src,
+                float* dst) const {
+    const std::size_t HqWq = Hq * Wq, pl = s.p.pad_left, dense = h * s.W;
+    if (sw == 2 && s.W % 2 == 0) {
+      // The common stride 2: both phases in one pass, as a SIMD (de-)interleave.
+      const std::size_t e = row + (pl % 2) * HqWq + pl / 2;           // even w
+      const std::size_t o = row + ((pl + 1) % 2) * HqWq + (pl + 1) / 2;  // odd w
+      if constexpr (ToPhased)
+        deinterleave2(src + dense, s.W / 2, dst + e, dst + o);
+      else
+        interleave2(src + e, src + o, s.W / 2, dst + dense);
+      return;
+    }
+    for (std::size_t w0 = 0; w0 < sw && w0 < s.W; ++w0) {
+      // Input columns w ≡ w0 (mod sw) land in one phase row, consecutively.
+      const std::size_t j0 = w0 + pl;
+      const std::size_t phased = row + (j0 % sw) * HqWq + j0 / sw;
+      const std::size_t count = (s.W - w0 + sw - 1) / sw;
+      if constexpr (ToPhased) {
+        if (sw == 1) std::copy(src + dense, src + dense + count, dst + phased);
+        else for (std::size_t i = 0; i < count; ++i) dst[phased + i] = src[dense + w0 + i * sw];
+      } else {
+        if (sw == 1) std::copy(src + phased, src + phased + count, dst + dense);
+        else for (std::size_t i = 0; i < count; ++i) dst[dense + w0 + i * sw] = src[phased + i];
+      }
+    }
+  }
+
+ public:
+  /// Spreads a dense OH×OW plane onto the wide grid, zeros in the discarded columns.
+  void widen(const float* dense, float* wide_out) const {
+    for (std::size_t oh = 0; oh < OH; ++oh) {
+      std::copy(dense + oh * OW, dense + (oh + 1) * OW, wide_out + oh * Wq);
+      std::fill(wide_out + oh * Wq + OW, wide_out + (oh + 1) * Wq, 0.0f);
+    }
+    std::fill(wide_out + wide, wide_out + wide_padded, 0.0f);
   }
 };
+
+/// True when no value is NaN or ±Inf (x − x is 0 exactly for finite x, NaN otherwise).
+template <class Arch>
+inline bool all_finite(const float* v, std::size_t n) {
+  using batch = xsimd::batch<float, Arch>;
+  constexpr std::size_t Wd = batch::size;
+  batch a0(0.0f), a1(0.0f);
+  std::size_t i = 0;
+  for (; i + 2 * Wd <= n; i += 2 * Wd) {
+    const batch x0 = batch::load_unaligned(v + i), x1 = batch::load_unaligned(v + i + Wd);
+    a0 += x0 - x0;
+    a1 += x1 - x1;
+  }
+  float acc = reduce_sum(a0 + a1);
+  for (; i < n; ++i) acc += v[i] - v[i];
+  return acc == 0.0f;
+}
 
 template <class Arch>
 inline void depthwise_forward(const conv2d_shape& s, const float* x, const float* w,
                               const float* b, float* y) {
   using batch = xsimd::batch<float, Arch>;
   constexpr std::size_t Wd = batch::size;
-  const std::size_t OH = s.OH(), OW = s.OW(), Og = s.outputs_per_group(), taps = s.KH * s.KW;
-  const std::size_t ow_vec = OW - OW % Wd;
-  const phased_plane pl(s);
-  const auto& p = s.p;
+  const phased_plane<Wd> pl(s);
+  const std::size_t OH = pl.OH, OW = pl.OW, Og = s.outputs_per_group(), taps = pl.tap.size();
   parallel_for(0, s.N * s.C, 1, [&](std::size_t lo, std::size_t hi) {
-    float* xp = scratch_buffer<2>(pl.size());
+    float* xp = scratch_buffer<2>(pl.size() + pl.wide_padded);
+    float* yw = xp + pl.size();
+    std::fill(xp, xp + pl.size(), 0.0f);
+    std::vector<batch> wv(taps);
     for (std::size_t nc = lo; nc < hi; ++nc) {
       const std::size_t n = nc / s.C, c = nc % s.C;
-      pl.fill(s, x + nc * s.H * s.W, xp);
+      pl.fill_interior(s, x + nc * s.H * s.W, xp);
       for (std::size_t og = 0; og < Og; ++og) {
         const std::size_t o = c * Og + og;
-        const float* wo = w + o * taps;
+        for (std::size_t t = 0; t < taps; ++t) wv[t] = batch(w[o * taps + t]);
+        // Four vectors at a time: four independent FMA chains hide the FMA latency.
+        std::size_t i = 0;
+        for (; i + 4 * Wd <= pl.wide_padded; i += 4 * Wd) {
+          batch a0(0.0f), a1(0.0f), a2(0.0f), a3(0.0f);
+          for (std::size_t t = 0; t < taps; ++t) {
+            const float* src = xp + pl.tap[t] + i;
+            a0 = fused_multiply_add(batch::load_unaligned(src), wv[t], a0);
+            a1 = fused_multiply_add(batch::load_unaligned(src + Wd), wv[t], a1);
+            a2 = fused_multiply_add(batch::load_unaligned(src + 2 * Wd), wv[t], a2);
+            a3 = fused_multiply_add(batch::load_unaligned(src + 3 * Wd), wv[t], a3);
+          }
+          a0.store_aligned(yw + i);
+          a1.store_aligned(yw + i + Wd);
+          a2.store_aligned(yw + i + 2 * Wd);
+          a3.store_aligned(yw + i + 3 * Wd);
+        }
+        for (; i < pl.wide_padded; i += Wd) {
+          batch acc(0.0f);
+          for (std::size_t t = 0; t < taps; ++t)
+            acc = fused_multiply_add(batch::load_unaligned(xp + pl.tap[t] + i), wv[t], acc);
+          acc.store_aligned(yw + i);
+        }
         const float bias = b ? b[o] : 0.0f;
         float* yo = y + (n * s.O + o) * OH * OW;
-        for (std::size_t oh = 0; oh < OH; ++oh) {
-          float* yrow = yo + oh * OW;
-          for (std::size_t ow = 0; ow < ow_vec; ow += Wd) {
-            batch acc(0.0f);
-            for (std::size_t kh = 0; kh < s.KH; ++kh) {
-              const std::size_t r = oh * p.stride_h + kh * p.dilation_h;
-              for (std::size_t kw = 0; kw < s.KW; ++kw) {
-                const float* src = xp + pl.at(r, ow * p.stride_w + kw * p.dilation_w);
-                acc = fused_multiply_add(batch::load_unaligned(src), batch(wo[kh * s.KW + kw]),
-                                         acc);
-              }
-            }
-            (acc + batch(bias)).store_unaligned(yrow + ow);
-          }
-          for (std::size_t ow = ow_vec; ow < OW; ++ow) {
-            float acc = 0.0f;
-            for (std::size_t kh = 0; kh < s.KH; ++kh) {
-              const std::size_t r = oh * p.stride_h + kh * p.dilation_h;
-              for (std::size_t kw = 0; kw < s.KW; ++kw)
-                acc = std::fma(xp[pl.at(r, ow * p.stride_w + kw * p.dilation_w)],
-                               wo[kh * s.KW + kw], acc);
-            }
-            yrow[ow] = acc + bias;
-          }
-        }
+        for (std::size_t oh = 0; oh < OH; ++oh)
+          for (std::size_t ow = 0; ow < OW; ++ow) yo[oh * OW + ow] = yw[oh * pl.Wq + ow] + bias;
       }
     }
   });
 }
 
+/// Requires finite weights (the discarded columns contribute 0·w, which must be 0).
 template <class Arch>
 inline void depthwise_backward_data(const conv2d_shape& s, const float* dy, const float* w,
                                     float* dx) {
   using batch = xsimd::batch<float, Arch>;
   constexpr std::size_t Wd = batch::size;
-  const std::size_t OH = s.OH(), OW = s.OW(), Og = s.outputs_per_group(), taps = s.KH * s.KW;
-  const std::size_t ow_vec = OW - OW % Wd;
-  const phased_plane pl(s);
-  const auto& p = s.p;
+  const phased_plane<Wd> pl(s);
+  const std::size_t OH = pl.OH, OW = pl.OW, Og = s.outputs_per_group(), taps = pl.tap.size();
   parallel_for(0, s.N * s.C, 1, [&](std::size_t lo, std::size_t hi) {
-    float* dxp = scratch_buffer<2>(pl.size());
+    float* dxp = scratch_buffer<2>(pl.size() + pl.wide_padded);
+    float* dyw = dxp + pl.size();
     for (std::size_t nc = lo; nc < hi; ++nc) {
       const std::size_t n = nc / s.C, c = nc % s.C;
       std::fill(dxp, dxp + pl.size(), 0.0f);
       for (std::size_t og = 0; og < Og; ++og) {
         const std::size_t o = c * Og + og;
-        const float* wo = w + o * taps;
-        const float* dyo = dy + (n * s.O + o) * OH * OW;
-        for (std::size_t oh = 0; oh < OH; ++oh) {
-          const float* dyrow = dyo + oh * OW;
-          for (std::size_t kh = 0; kh < s.KH; ++kh) {
-            const std::size_t r = oh * p.stride_h + kh * p.dilation_h;
-            for (std::size_t kw = 0; kw < s.KW; ++kw) {
-              const float wt = wo[kh * s.KW + kw];
-              const batch wv(wt);
-              float* dst = dxp + pl.at(r, kw * p.dilation_w);
-              for (std::size_t ow = 0; ow < ow_vec; ow += Wd)
-                fused_multiply_add(batch::load_unaligned(dyrow + ow), wv,
-                                   batch::load_unaligned(dst + ow))
-                    .store_unaligned(dst + ow);
-              for (std::size_t ow = ow_vec; ow < OW; ++ow)
-                dst[ow] = std::fma(dyrow[ow], wt, dst[ow]);
-            }
-          }
+        pl.widen(dy + (n * s.O + o) * OH * OW, dyw);
+        for (std::size_t t = 0; t < taps; ++t) {
+          const batch wv(w[o * taps + t]);
+          float* dst = dxp + pl.tap[t];
+          for (std::size_t i = 0; i < pl.wide_padded; i += Wd)
+            fused_multiply_add(batch::load_aligned(dyw + i), wv, batch::load_unaligned(dst + i))
+                .store_unaligned(dst + i);
         }
       }
       pl.extract(s, dxp, dx + nc * s.H * s.W);
@@ -387,57 +502,53 @@ inline void depthwise_backward_data(const conv2d_shape& s, const float* dy, cons
   });
 }
 
+/// Requires finite inputs (the discarded columns contribute x·0, which must be 0).
 template <class Arch>
 inline void depthwise_backward_weight(const conv2d_shape& s, const float* x, const float* dy,
                                       float* dw, float* db) {
   using batch = xsimd::batch<float, Arch>;
   constexpr std::size_t Wd = batch::size;
-  const std::size_t OH = s.OH(), OW = s.OW(), Og = s.outputs_per_group(), taps = s.KH * s.KW;
-  const std::size_t ow_vec = OW - OW % Wd;
-  const phased_plane pl(s);
-  const auto& p = s.p;
+  const phased_plane<Wd> pl(s);
+  const std::size_t OH = pl.OH, OW = pl.OW, Og = s.outputs_per_group(), taps = pl.tap.size();
   parallel_for(0, s.O, 1, [&](std::size_t lo, std::size_t hi) {
-    float* xp = scratch_buffer<2>(pl.size());
-    std::vector<batch> acc(taps);
-    std::vector<float> tail(taps);
+    float* xp = scratch_buffer<2>(pl.size() + pl.wide_padded);
+    float* dyw = xp + pl.size();
+    std::fill(xp, xp + pl.size(), 0.0f);
+    // Per tap, four partial sums (by vector index mod 4) kept across the batch: independent
+    // FMA chains, combined in a fixed order at the end.
+    std::vector<batch> acc(4 * taps);
     for (std::size_t o = lo; o < hi; ++o) {
       const std::size_t c = o / Og;
       std::fill(acc.begin(), acc.end(), batch(0.0f));
-      std::fill(tail.begin(), tail.end(), 0.0f);
       batch bacc(0.0f);
-      float btail = 0.0f;
       for (std::size_t n = 0; n < s.N; ++n) {
-        pl.fill(s, x + (n * s.C + c) * s.H * s.W, xp);
-        const float* dyo = dy + (n * s.O + o) * OH * OW;
-        for (std::size_t oh = 0; oh < OH; ++oh) {
-          const float* dyrow = dyo + oh * OW;
-          for (std::size_t ow = 0; ow < ow_vec; ow += Wd) {
-            const batch d = batch::load_unaligned(dyrow + ow);
-            bacc += d;
-            for (std::size_t kh = 0; kh < s.KH; ++kh) {
-              const std::size_t r = oh * p.stride_h + kh * p.dilation_h;
-              for (std::size_t kw = 0; kw < s.KW; ++kw) {
-                const float* src = xp + pl.at(r, ow * p.stride_w + kw * p.dilation_w);
-                batch& a = acc[kh * s.KW + kw];
-                a = fused_multiply_add(batch::load_unaligned(src), d, a);
-              }
-            }
+        pl.fill_interior(s, x + (n * s.C + c) * s.H * s.W, xp);
+        pl.widen(dy + (n * s.O + o) * OH * OW, dyw);
+        for (std::size_t i = 0; i < pl.wide_padded; i += Wd) bacc += batch::load_aligned(dyw + i);
+        for (std::size_t t = 0; t < taps; ++t) {
+          const float* src = xp + pl.tap[t];
+          batch a0 = acc[4 * t], a1 = acc[4 * t + 1], a2 = acc[4 * t + 2], a3 = acc[4 * t + 3];
+          std::size_t i = 0;
+          for (; i + 4 * Wd <= pl.wide_padded; i += 4 * Wd) {
+            a0 = fused_multiply_add(batch::load_unaligned(src + i), batch::load_aligned(dyw + i), a0);
+            a1 = fused_multiply_add(batch::load_unaligned(src + i + Wd),
+                                    batch::load_aligned(dyw + i + Wd), a1);
+            a2 = fused_multiply_add(batch::load_unaligned(src + i + 2 * Wd),
+                                    batch::load_aligned(dyw + i + 2 * Wd), a2);
+            a3 = fused_multiply_add(batch::load_unaligned(src + i + 3 * Wd),
+                                    batch::load_aligned(dyw + i + 3 * Wd), a3);
           }
-          for (std::size_t ow = ow_vec; ow < OW; ++ow) {
-            const float d = dyrow[ow];
-            btail += d;
-            for (std::size_t kh = 0; kh < s.KH; ++kh) {
-              const std::size_t r = oh * p.stride_h + kh * p.dilation_h;
-              for (std::size_t kw = 0; kw < s.KW; ++kw) {
-                float& a = tail[kh * s.KW + kw];
-                a = std::fma(xp[pl.at(r, ow * p.stride_w + kw * p.dilation_w)], d, a);
-              }
-            }
-          }
+          for (; i < pl.wide_padded; i += Wd)
+            a0 = fused_multiply_add(batch::load_unaligned(src + i), batch::load_aligned(dyw + i), a0);
+          acc[4 * t] = a0;
+          acc[4 * t + 1] = a1;
+          acc[4 * t + 2] = a2;
+          acc[4 * t + 3] = a3;
         }
       }
-      for (std::size_t t = 0; t < taps; ++t) dw[o * taps + t] = reduce_sum(acc[t]) + tail[t];
-      if (db) db[o] = reduce_sum(bacc) + btail;
+      for (std::size_t t = 0; t < taps; ++t)
+        dw[o * taps + t] = reduce_sum((acc[4 * t] + acc[4 * t + 1]) + (acc[4 * t + 2] + acc[4 * t + 3]));
+      if (db) db[o] = reduce_sum(bacc);
     }
   });
 }
@@ -491,7 +602,10 @@ inline void conv2d_backward_data(const conv2d_shape& s, const float* dy, const f
   using arch = xsimd::default_arch;
   const auto path = detail::choose_conv_path(s);
   if (path == detail::conv_path::depthwise) {
-    detail::depthwise_backward_data<arch>(s, dy, w, dx);
+    if (detail::all_finite<arch>(w, s.O * s.KH * s.KW))
+      detail::depthwise_backward_data<arch>(s, dy, w, dx);
+    else
+      conv2d_backward_data_reference(s, dy, w, dx);
     return;
   }
   const std::size_t G = s.p.groups, Cg = s.channels_per_group(), Og = s.outputs_per_group();
@@ -523,7 +637,10 @@ inline void conv2d_backward_weight(const conv2d_shape& s, const float* x, const 
   using arch = xsimd::default_arch;
   const auto path = detail::choose_conv_path(s);
   if (path == detail::conv_path::depthwise) {
-    detail::depthwise_backward_weight<arch>(s, x, dy, dw, db);
+    if (detail::all_finite<arch>(x, s.N * s.C * s.H * s.W))
+      detail::depthwise_backward_weight<arch>(s, x, dy, dw, db);
+    else
+      conv2d_backward_weight_reference(s, x, dy, dw, db);
     return;
   }
   const std::size_t G = s.p.groups, Cg = s.channels_per_group(), Og = s.outputs_per_group();

@@ -107,10 +107,10 @@ template <std::size_t MR>
 inline void pack_a_panel(transpose ta, const float* A, std::size_t lda, std::size_t i0,
                          std::size_t rows, std::size_t k0, std::size_t kc, float* out) {
   if (ta == transpose::no) {
-    for (std::size_t r = 0; r < rows; ++r) {
-      const float* src = A + (i0 + r) * lda + k0;
-      for (std::size_t k = 0; k < kc; ++k) out[k * MR + r] = src[k];
-    }
+    // Writes in order, reading MR row streams (each cache line is reused over 16 k).
+    const float* src = A + i0 * lda + k0;
+    for (std::size_t k = 0; k < kc; ++k)
+      for (std::size_t r = 0; r < rows; ++r) out[k * MR + r] = src[r * lda + k];
   } else {
     for (std::size_t k = 0; k < kc; ++k) {
       const float* src = A + (k0 + k) * lda + i0;
@@ -121,6 +121,37 @@ inline void pack_a_panel(transpose ta, const float* A, std::size_t lda, std::siz
     for (std::size_t k = 0; k < kc; ++k)
       for (std::size_t r = rows; r < MR; ++r) out[k * MR + r] = 0.0f;
 }
+
+#if XSIMD_WITH_AVX512F
+/// dst[c·ldd + r] = src[r·lds + c] for a 16×16 block, in registers (unpack, then 128-bit lane
+/// shuffles in two rounds).
+inline void transpose_16x16(const float* src, std::size_t lds, float* dst, std::size_t ldd) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * lds);
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  // u[4q + m] holds, in 128-bit lane L, rows 4q..4q+3 of column 4L + m.
+  __m512 u[16];
+  for (int q = 0; q < 4; ++q) {
+    u[4 * q + 0] = _mm512_shuffle_ps(t[4 * q], t[4 * q + 2], 0x44);
+    u[4 * q + 1] = _mm512_shuffle_ps(t[4 * q], t[4 * q + 2], 0xEE);
+    u[4 * q + 2] = _mm512_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0x44);
+    u[4 * q + 3] = _mm512_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0xEE);
+  }
+  for (int m = 0; m < 4; ++m) {
+    const __m512 x01 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x44);
+    const __m512 x23 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xEE);
+    const __m512 y01 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x44);
+    const __m512 y23 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0xEE);
+    _mm512_storeu_ps(dst + (0 + m) * ldd, _mm512_shuffle_f32x4(x01, y01, 0x88));
+    _mm512_storeu_ps(dst + (4 + m) * ldd, _mm512_shuffle_f32x4(x01, y01, 0xDD));
+    _mm512_storeu_ps(dst + (8 + m) * ldd, _mm512_shuffle_f32x4(x23, y23, 0x88));
+    _mm512_storeu_ps(dst + (12 + m) * ldd, _mm512_shuffle_f32x4(x23, y23, 0xDD));
+  }
+}
+#endif
 
 /// Packs op(B)[k0 .. k0+kc, j0 .. j0+NR) into one panel: for each k, NR consecutive values;
 /// columns past N are zero.
@@ -144,14 +175,29 @@ inline void pack_b_panel(transpose tb, const float* B, std::size_t ldb, std::siz
         for (; c < NR; ++c) out[k * NR + c] = 0.0f;
       }
     }
-  } else {
-    for (std::size_t c = 0; c < cols; ++c) {
-      const float* src = B + (j0 + c) * ldb + k0;
-      for (std::size_t k = 0; k < kc; ++k) out[k * NR + c] = src[k];
+    return;
+  }
+  // Transposing pack, in 16×16 blocks so that reads and writes both stay in L1.
+  const float* src = B + j0 * ldb + k0;
+  for (std::size_t c0 = 0; c0 < cols; c0 += 16) {
+    const std::size_t cn = std::min<std::size_t>(16, cols - c0);
+    for (std::size_t kb = 0; kb < kc; kb += 16) {
+      const std::size_t kn = std::min<std::size_t>(16, kc - kb);
+#if XSIMD_WITH_AVX512F
+      if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>) {
+        if (cn == 16 && kn == 16) {
+          transpose_16x16(src + c0 * ldb + kb, ldb, out + kb * NR + c0, NR);
+          continue;
+        }
+      }
+#endif
+      for (std::size_t k = kb; k < kb + kn; ++k)
+        for (std::size_t c = c0; c < c0 + cn; ++c) out[k * NR + c] = src[c * ldb + k];
     }
+  }
+  if (cols < NR)
     for (std::size_t k = 0; k < kc; ++k)
       for (std::size_t c = cols; c < NR; ++c) out[k * NR + c] = 0.0f;
-  }
 }
 
 /// C tile (rows×cols ≤ MR×NR) = alpha·(a_panel · b_panel) + beta·C, beta == 0 ignoring C.
