@@ -202,3 +202,16 @@ TEST_CASE("sharded calibration: merging quantizers equals observing everything")
   qkit::quantizer<> p("p"), c("p", {8, {}, 0});
   CHECK_THROWS_AS(p.merge(c), qkit::config_error);
 }
+
+TEST_CASE("default settings come from the Defaults policy") {
+  qkit::quantizer<> act("a");
+  CHECK(act.settings() == qkit::quantizer_settings{});
+  qkit::quantizer<qkit::minmax_range, qkit::rounding::half_even, qkit::per_channel_weight_defaults> w("w");
+  CHECK(w.per_channel());
+  CHECK(*w.channel_axis() == 0);
+  CHECK(w.scheme_flags() == qkit::scheme::symmetric_signed);
+  qkit::quantizer<qkit::minmax_range, qkit::rounding::half_away, qkit::param_defaults> p("p");
+  CHECK(!p.per_channel());
+  CHECK(p.scheme_flags().symmetric);
+  CHECK(decltype(p)::rounding_policy == qkit::rounding::half_away);
+}

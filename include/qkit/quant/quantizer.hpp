@@ -40,16 +40,39 @@ struct quantizer_settings {
   friend bool operator==(const quantizer_settings&, const quantizer_settings&) = default;
 };
 
-template <range_setter RangeSetter = minmax_range, rounding R = rounding::half_even>
+/// Default settings as a compile-time policy: the scheme and granularity a kind of quantizer
+/// starts with (runtime settings may change them later).
+template <int Bitwidth, bool Symmetric, bool PerChannel, int Axis = 0>
+struct quantizer_defaults {
+  static quantizer_settings settings() {
+    quantizer_settings s;
+    s.bitwidth = Bitwidth;
+    s.s = Symmetric ? scheme::symmetric_signed : scheme::asymmetric;
+    if (PerChannel) s.channel_axis = Axis;
+    return s;
+  }
+};
+/// AIMET's defaults: activations asymmetric per tensor, parameters symmetric.
+using activation_defaults = quantizer_defaults<8, false, false>;
+using param_defaults = quantizer_defaults<8, true, false>;
+/// Per output channel (axis 0 of OIHW / [out, in] weights), symmetric.
+using per_channel_weight_defaults = quantizer_defaults<8, true, true, 0>;
+
+template <range_setter RangeSetter = minmax_range, rounding R = rounding::half_even,
+          class Defaults = activation_defaults>
 class quantizer {
  public:
   using range_setter_type = RangeSetter;
+  using defaults_type = Defaults;
   static constexpr rounding rounding_policy = R;
+
+  /// A quantizer with the policy's default settings.
+  explicit quantizer(std::string name = "quantizer")
+      : quantizer(std::move(name), Defaults::settings()) {}
 
   /// `prototype` carries the range setter's options (percentile, histogram mode); per-channel
   /// quantizers copy it once per channel.
-  explicit quantizer(std::string name = "quantizer", quantizer_settings settings = {},
-                     RangeSetter prototype = RangeSetter{})
+  quantizer(std::string name, quantizer_settings settings, RangeSetter prototype = RangeSetter{})
       : name_(std::move(name)), settings_(settings), prototype_(std::move(prototype)) {
     validate(settings_);
   }
