@@ -239,6 +239,17 @@ TEST_CASE("tensor_proto: truncated and corrupt files are format errors naming fi
   const std::string msg3 = error_message([&] { read_tensor_proto(wrong.string()); });
   CHECK(msg3.find("raw_data has 8 bytes, expected 12") != std::string::npos);
 
+  // Corrupt dims must not wrap around or allocate: dims [2^40, 2^40], INT8 with no data.
+  const fs::path huge = test_output_dir() / "huge_dims.pb";
+  write_bytes(huge, std::string{"\x08\x80\x80\x80\x80\x80\x20\x08\x80\x80\x80\x80\x80\x20\x10\x03", 16});
+  const std::string msg4 = error_message([&] { read_tensor_proto(huge.string()); });
+  CHECK(msg4.find("implausible dims") != std::string::npos);
+  // dims [2^30], INT8, no int32_data: a count error before anything is allocated.
+  const fs::path big = test_output_dir() / "big_no_data.pb";
+  write_bytes(big, std::string{"\x08\x80\x80\x80\x80\x04\x10\x03", 8});
+  const std::string msg5 = error_message([&] { read_tensor_proto(big.string()); });
+  CHECK(msg5.find("int32_data holds 0 values, expected 1073741824") != std::string::npos);
+
   CHECK_THROWS_AS(read_tensor_proto((test_output_dir() / "missing.pb").string()), qkit::format_error);
 }
 

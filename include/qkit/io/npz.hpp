@@ -151,11 +151,16 @@ inline qkit::tensor parse_npy(const std::uint8_t* data, std::size_t size,
     while (j < shape_text.size() && shape_text[j] >= '0' && shape_text[j] <= '9') ++j;
     if (j == i)
       QKIT_THROW(qkit::format_error, where, ": malformed shape ", shape_text);
+    if (j - i > 15) QKIT_THROW(qkit::format_error, where, ": implausible shape ", shape_text);
     shape.push_back(std::stoull(shape_text.substr(i, j - i)));
     i = j;
   }
   std::size_t n = 1;
-  for (auto d : shape) n *= d;
+  for (auto d : shape) {
+    if (d != 0 && n > (std::size_t(1) << 56) / d)
+      QKIT_THROW(qkit::format_error, where, ": implausible shape ", shape_text);
+    n *= d;
+  }
   const std::size_t data_at = header_at + header_len;
   if (size - data_at != n * width)
     QKIT_THROW(qkit::format_error, where, ": array of shape ", qkit::shape_string(shape),

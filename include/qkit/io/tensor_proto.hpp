@@ -262,7 +262,14 @@ inline void decode_tensor_payload(onnx_tensor& t, const std::string& raw, bool h
                                   const std::vector<std::uint64_t>& uint64_data,
                                   const wire_reader& r, std::size_t start) {
   namespace dt = onnx_dtype;
-  const std::size_t n = t.numel();
+  // A corrupt dims field must give an error, not a wrapped-around product or a huge allocation.
+  std::size_t n = 1;
+  for (auto d : t.dims) {
+    const auto u = static_cast<std::size_t>(d);
+    if (u != 0 && n > (std::size_t(1) << 48) / u)
+      r.fail(start, "tensor '" + t.name + "' has implausible dims " + qkit::shape_string(t.dims));
+    n *= u;
+  }
   const auto bad = [&](const std::string& what) {
     r.fail(start, "tensor '" + t.name + "' (" + onnx_data_type_name(t.data_type) + ", " +
                       std::to_string(n) + " elements): " + what);
@@ -316,15 +323,15 @@ inline void decode_tensor_payload(onnx_tensor& t, const std::string& raw, bool h
       }
       break;
     case dt::float64:
-      t.floats.resize(n);
       if (!has_raw) check_count(double_data.size(), "double_data");
+      t.floats.resize(n);
       for (std::size_t i = 0; i < n; ++i)
         t.floats[i] = static_cast<float>(
             has_raw ? std::bit_cast<double>(raw_at(i, 8)) : double_data[i]);
       break;
     case dt::float16: case dt::bfloat16: {
-      t.floats.resize(n);
       if (!has_raw) check_count(int32_data.size(), "int32_data");
+      t.floats.resize(n);
       for (std::size_t i = 0; i < n; ++i) {
         const auto bits = static_cast<std::uint16_t>(has_raw ? raw_at(i, 2) : int32_data[i]);
         t.floats[i] = t.data_type == dt::float16 ? half_bits_to_float(bits)
@@ -352,14 +359,14 @@ inline void decode_tensor_payload(onnx_tensor& t, const std::string& raw, bool h
       }
       break;
     case dt::uint32: case dt::uint64:
-      t.ints.resize(n);
       if (!has_raw) check_count(uint64_data.size(), "uint64_data");
+      t.ints.resize(n);
       for (std::size_t i = 0; i < n; ++i)
         t.ints[i] = static_cast<std::int64_t>(has_raw ? raw_at(i, width) : uint64_data[i]);
       break;
     default: {  // int8, uint8, int16, uint16, int32, bool: int32_data or raw bytes
-      t.ints.resize(n);
       if (!has_raw) check_count(int32_data.size(), "int32_data");
+      t.ints.resize(n);
       for (std::size_t i = 0; i < n; ++i) {
         if (!has_raw) {
           t.ints[i] = int32_data[i];
