@@ -349,3 +349,26 @@ TEST_CASE("TF-Enhanced parity, worked by hand: {-1, 1}, symmetric 8-bit") {
   CHECK(e.offset == -128);
   CHECK(e.min == static_cast<double>(-128 * (f / 128)));
 }
+
+TEST_CASE("AIMET parity: shards on the same grid merge to the sequential PDF") {
+  // Both shards' first batches span exactly [-2, 2], so both place the same buckets.
+  auto a1 = normal(5000, 31), a2 = normal(3000, 32), b1 = normal(4000, 33), b2 = normal(7000, 34, 0.5f, 2.0f);
+  for (auto* v : {&a1, &b1}) {
+    for (auto& x : *v) x = std::clamp(x, -2.0f, 2.0f);
+    (*v)[0] = -2.0f;
+    (*v)[1] = 2.0f;
+  }
+  qkit::tf_enhanced_range seq(qkit::histogram_mode::aimet_parity), sa(qkit::histogram_mode::aimet_parity),
+      sb(qkit::histogram_mode::aimet_parity);
+  for (const auto* v : {&a1, &a2, &b1, &b2}) seq.observe(v->data(), v->size());
+  sa.observe(a1.data(), a1.size());
+  sa.observe(a2.data(), a2.size());
+  sb.observe(b1.data(), b1.size());
+  sb.observe(b2.data(), b2.size());
+  sa.merge(sb);
+  const auto& p = sa.histogram().aimet().pdf();
+  const auto& q = seq.histogram().aimet().pdf();
+  for (std::size_t i = 0; i < p.size(); ++i) CHECK(p[i] == doctest::Approx(q[i]).epsilon(1e-12));
+  CHECK(sa.histogram().aimet().iterations() == 4);
+  for (const auto& s : schemes) CHECK(sa.compute_encoding(8, s) == seq.compute_encoding(8, s));
+}
