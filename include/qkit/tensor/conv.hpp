@@ -553,6 +553,33 @@ inline void depthwise_backward_weight(const conv2d_shape& s, const float* x, con
   });
 }
 
+/// db[o] = sum of dy over N, OH, OW: images in order, four fixed vector partial sums.
+template <class Arch>
+inline void sum_channels(const conv2d_shape& s, const float* dy, float* db) {
+  using batch = xsimd::batch<float, Arch>;
+  constexpr std::size_t Wd = batch::size;
+  const std::size_t P = s.OH() * s.OW();
+  parallel_for(0, s.O, 1, [&](std::size_t lo, std::size_t hi) {
+    for (std::size_t o = lo; o < hi; ++o) {
+      batch a0(0.0f), a1(0.0f), a2(0.0f), a3(0.0f);
+      float tail = 0.0f;
+      for (std::size_t n = 0; n < s.N; ++n) {
+        const float* src = dy + (n * s.O + o) * P;
+        std::size_t i = 0;
+        for (; i + 4 * Wd <= P; i += 4 * Wd) {
+          a0 += batch::load_unaligned(src + i);
+          a1 += batch::load_unaligned(src + i + Wd);
+          a2 += batch::load_unaligned(src + i + 2 * Wd);
+          a3 += batch::load_unaligned(src + i + 3 * Wd);
+        }
+        for (; i + Wd <= P; i += Wd) a0 += batch::load_unaligned(src + i);
+        for (; i < P; ++i) tail += src[i];
+      }
+      db[o] = reduce_sum((a0 + a1) + (a2 + a3)) + tail;
+    }
+  });
+}
+
 /// Adds b[o] to every element of the O planes (HW elements each) of every image.
 inline void add_channel_bias(const conv2d_shape& s, const float* b, float* y) {
   const std::size_t plane = s.OH() * s.OW();
@@ -653,7 +680,17 @@ inline void conv2d_backward_weight(const conv2d_shape& s, const float* x, const 
                                                     1, s.N);
   float* col = detail::scratch_buffer<1>(Kg * chunk * P);
   float* dyc = detail::scratch_buffer<2>(Og * chunk * P);
-  for (std::size_t g = 0; g < G; ++g)
+  // The micro-kernel's tile is MR×NR; when Og is narrow (a 1×1 layer with few outputs), the
+  // transposed product dw_gᵀ = col · dy_gᵀ fills the tiles better.
+  using tile = detail::gemm_tile<arch>;
+  auto fill_ratio = [](std::size_t m, std::size_t n) {
+    return double(m) / double((m + tile::MR - 1) / tile::MR * tile::MR) * double(n) /
+           double((n + tile::NR - 1) / tile::NR * tile::NR);
+  };
+  const bool transposed = fill_ratio(Kg, Og) > 1.25 * fill_ratio(Og, Kg);
+  float* dwt = transposed ? detail::scratch_buffer<3>(Kg * Og) : nullptr;
+  for (std::size_t g = 0; g < G; ++g) {
+    float* dwg = dw + g * Og * Kg;
     for (std::size_t n0 = 0; n0 < s.N; n0 += chunk) {
       const std::size_t nb = std::min(chunk, s.N - n0), ld = nb * P;
       parallel_for(0, nb, 1, [&](std::size_t lo, std::size_t hi) {
@@ -666,21 +703,17 @@ inline void conv2d_backward_weight(const conv2d_shape& s, const float* x, const 
           }
         }
       });
-      gemm(transpose::no, transpose::yes, Og, Kg, ld, 1.0f, dyc, ld, col, ld,
-           n0 == 0 ? 0.0f : 1.0f, dw + g * Og * Kg, Kg);
+      const float beta = n0 == 0 ? 0.0f : 1.0f;
+      if (transposed)
+        gemm(transpose::no, transpose::yes, Kg, Og, ld, 1.0f, col, ld, dyc, ld, beta, dwt, Og);
+      else
+        gemm(transpose::no, transpose::yes, Og, Kg, ld, 1.0f, dyc, ld, col, ld, beta, dwg, Kg);
     }
-  if (db) {
-    parallel_for(0, s.O, 1, [&](std::size_t lo, std::size_t hi) {
-      for (std::size_t o = lo; o < hi; ++o) {
-        float acc = 0.0f;
-        for (std::size_t n = 0; n < s.N; ++n) {
-          const float* src = dy + (n * s.O + o) * P;
-          for (std::size_t i = 0; i < P; ++i) acc += src[i];
-        }
-        db[o] = acc;
-      }
-    });
+    if (transposed)
+      for (std::size_t o = 0; o < Og; ++o)
+        for (std::size_t k = 0; k < Kg; ++k) dwg[o * Kg + k] = dwt[k * Og + o];
   }
+  if (db) detail::sum_channels<arch>(s, dy, db);
 }
 
 }  // namespace qkit

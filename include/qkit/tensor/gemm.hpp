@@ -311,8 +311,17 @@ void gemm_blocked(transpose ta, transpose tb, std::size_t M, std::size_t N, std:
             pack_a_panel<MR>(ta, A, lda, ic + p * MR, std::min(MR, mc - p * MR), pc, kc,
                              packed_a + p * MR * kc);
         });
-        // Tasks are tiles of C; consecutive tasks share their B tile, which stays in L2.
-        const std::size_t tm = cfg::tile_rows / MR, tn = cfg::tile_cols / NR;
+        // Tasks are tiles of C; consecutive tasks share their B tile, which stays in L2. Small
+        // products get smaller tiles so that every thread has work (the tiling never changes
+        // a result: each element's arithmetic is the same in any tile).
+        std::size_t tm = std::min(m_panels, std::max<std::size_t>(cfg::tile_rows / MR, 1));
+        std::size_t tn = std::min(n_panels, std::max<std::size_t>(cfg::tile_cols / NR, 1));
+        const std::size_t wanted = threaded ? 2 * get_num_threads() : 1;
+        while (((m_panels + tm - 1) / tm) * ((n_panels + tn - 1) / tn) < wanted &&
+               (tm > 1 || tn > 1)) {
+          if (tn >= tm) tn = (tn + 1) / 2;
+          else tm = (tm + 1) / 2;
+        }
         const std::size_t m_tiles = (m_panels + tm - 1) / tm, n_tiles = (n_panels + tn - 1) / tn;
         run(m_tiles * n_tiles, 1, [&](std::size_t lo, std::size_t hi) {
           for (std::size_t t = lo; t < hi; ++t) {
