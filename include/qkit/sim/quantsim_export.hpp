@@ -12,6 +12,7 @@
 #include "../io/onnx_export.hpp"
 #include "../nn/activation.hpp"
 #include "../nn/add.hpp"
+#include "../nn/batch_norm.hpp"
 #include "../nn/conv2d.hpp"
 #include "../nn/flatten.hpp"
 #include "../nn/linear.hpp"
@@ -89,6 +90,10 @@ io::export_graph to_export_graph(Sim& sim, const std::string& graph_name = "qkit
             n.attrs.push_back({"count_include_pad", static_cast<std::int64_t>(layer.count_include_pad())});
         } else if constexpr (std::is_same_v<L, nn::flatten>) {
           n.attrs = {{"axis", static_cast<std::int64_t>(L::axis)}};
+        } else if constexpr (std::is_same_v<L, nn::batch_norm>) {
+          // QuantSim folds every batch norm; one still here was unfolded by hand afterwards.
+          QKIT_THROW(config_error, "to_export_graph: ", nn::layer_label(layer),
+                     " is not folded; QuantSim exports only folded batch norms");
         } else if constexpr (std::is_same_v<L, nn::relu> || std::is_same_v<L, nn::add> ||
                              std::is_same_v<L, nn::global_avg_pool>) {
           // no attributes
