@@ -1,0 +1,91 @@
+// qkit/nn/activation.hpp — ReLU (ONNX Relu) and clipping activations (ONNX Clip): relu6 is
+// clip(0, 6), the MobileNet activation. Backward passes the gradient where the input lies
+// strictly inside the clipping range (0 on the flat parts and at the kinks, as PyTorch does).
+#pragma once
+
+#include <limits>
+
+#include "layer.hpp"
+
+namespace qkit::nn {
+
+class relu : public layer_base {
+ public:
+  static constexpr std::string_view op_type = "Relu";
+
+  template <class F>
+  void for_each_parameter(F&&) {}
+
+  template <class Hooks>
+  tensor forward(const tensor& x, Hooks&) {
+    tensor y = tensor::from_shape(x.shape());
+    qkit::clamp(x.data(), y.data(), x.size(), 0.0f, std::numeric_limits<float>::infinity());
+    x_ = x;
+    return y;
+  }
+
+  template <class Hooks>
+  tensor backward(const tensor& dy, Hooks&) {
+    QKIT_PRECONDITION(dy.shape() == x_.shape(), shape_error, layer_label(*this),
+                      ": output gradient has shape ", shape_string(dy.shape()), ", expected ",
+                      shape_string(x_.shape()));
+    tensor dx = tensor::from_shape(dy.shape());
+    qkit::clamp_grad(x_.data(), dy.data(), dx.data(), dy.size(), 0.0f,
+                     std::numeric_limits<float>::infinity());
+    return dx;
+  }
+
+  void clear_cache() { x_ = tensor(); }
+
+ private:
+  tensor x_;
+};
+
+/// y = min(max(x, min), max). ONNX Clip with min and max inputs.
+class clip : public layer_base {
+ public:
+  static constexpr std::string_view op_type = "Clip";
+
+  clip(float min_value, float max_value) : lo_(min_value), hi_(max_value) {
+    QKIT_PRECONDITION(lo_ <= hi_, config_error, "Clip: min (", lo_, ") must not exceed max (",
+                      hi_, ")");
+  }
+
+  float min_value() const { return lo_; }
+  float max_value() const { return hi_; }
+
+  template <class F>
+  void for_each_parameter(F&&) {}
+
+  template <class Hooks>
+  tensor forward(const tensor& x, Hooks&) {
+    tensor y = tensor::from_shape(x.shape());
+    qkit::clamp(x.data(), y.data(), x.size(), lo_, hi_);
+    x_ = x;
+    return y;
+  }
+
+  template <class Hooks>
+  tensor backward(const tensor& dy, Hooks&) {
+    QKIT_PRECONDITION(dy.shape() == x_.shape(), shape_error, layer_label(*this),
+                      ": output gradient has shape ", shape_string(dy.shape()), ", expected ",
+                      shape_string(x_.shape()));
+    tensor dx = tensor::from_shape(dy.shape());
+    qkit::clamp_grad(x_.data(), dy.data(), dx.data(), dy.size(), lo_, hi_);
+    return dx;
+  }
+
+  void clear_cache() { x_ = tensor(); }
+
+ private:
+  float lo_, hi_;
+  tensor x_;
+};
+
+/// ReLU6 = clip(0, 6); a distinct type so passes (CLE's ReLU6 → ReLU) can find it.
+class relu6 : public clip {
+ public:
+  relu6() : clip(0.0f, 6.0f) {}
+};
+
+}  // namespace qkit::nn
