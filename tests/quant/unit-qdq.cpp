@@ -140,6 +140,58 @@ TEST_CASE("qdq: SIMD equals the scalar reference bit for bit") {
   }
 }
 
+TEST_CASE("qdq: the divide-free quotient equals x / scale next to every rounding boundary") {
+  // Values a few ulps around scale * (k + 1/2) and scale * k, where a quotient off by one ulp
+  // would round differently; scales with awkward mantissas and at the ends of the fast path's
+  // range (2^-90, 2^90) and beyond it (division used).
+  std::mt19937 rng(11);
+  std::vector<double> scales = {0.1, 3.0 / 255.0, 0x1.fffffep-1, 0x1.000002p+0, 7.0 / 127.0, 1e-5,
+                                123.456, 0x1p-90, 0x1.fffffep+89, 0x1p-100, 0x1p+100};
+  for (int i = 0; i < 40; ++i)
+    scales.push_back(std::ldexp(1.0 + static_cast<double>(rng() % 8388608) / 8388608.0,
+                                static_cast<int>(rng() % 60) - 30));
+  for (double sc : scales) {
+    for (int bw : {8, 16}) {
+      const std::int64_t offset = -(std::int64_t{1} << (bw - 1)) + 3;
+      const encoding e = qkit::encoding_from_scale_offset(static_cast<float>(sc), offset, bw, false);
+      const float s = static_cast<float>(e.scale);
+      std::vector<float> x;
+      for (int j = 0; j < 400; ++j) {
+        const auto k = static_cast<double>(offset + static_cast<std::int64_t>(rng() % e.qmax()));
+        for (double frac : {0.0, 0.5}) {
+          float v = static_cast<float>((k + frac) * s);
+          for (int step = 0; step < 3; ++step) v = std::nextafter(v, -kInf);
+          for (int step = 0; step < 7; ++step) {
+            x.push_back(v);
+            v = std::nextafter(v, kInf);
+          }
+        }
+      }
+      for (auto r : {rounding::half_even, rounding::half_away}) {
+        CAPTURE(sc);
+        CAPTURE(bw);
+        std::vector<float> got(x.size()), ref(x.size());
+        qkit::qdq(x.data(), got.data(), x.size(), e, r);
+        qkit::qdq_reference(x.data(), ref.data(), x.size(), e, r);
+        CHECK_SAME_BITS(got, ref);
+        std::vector<std::int16_t> q(x.size()), qref(x.size());
+        qkit::quantize(x.data(), q.data(), x.size(), e, r);
+        qkit::quantize_reference(x.data(), qref.data(), x.size(), e, r);
+        CHECK(q == qref);
+      }
+    }
+  }
+  // A range far wider than the grid turns the fast path off for half_away; results still agree.
+  encoding wide = qkit::encoding_from_scale_offset(0.5, -8, 4, true);
+  wide.min = -1e30;
+  wide.max = 1e30;
+  const std::vector<float> x = {1e29f, -1e29f, 1.25f, kNaN};
+  std::vector<float> got(x.size()), ref(x.size());
+  qkit::qdq(x.data(), got.data(), x.size(), wide, rounding::half_away);
+  qkit::qdq_reference(x.data(), ref.data(), x.size(), wide, rounding::half_away);
+  CHECK_SAME_BITS(got, ref);
+}
+
 TEST_CASE("qdq: exact ties follow the rounding policy") {
   const encoding e = qkit::encoding_from_scale_offset(1.0, -128, 8, true);
   const std::vector<float> x = {0.5f, 1.5f, 2.5f, -0.5f, -1.5f, -2.5f, 126.5f, -127.5f};
