@@ -4,8 +4,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <random>
 #include <string>
+#include <typeinfo>
 #include <vector>
 
 #include <qkit/calib/entropy.hpp>
@@ -371,4 +373,48 @@ TEST_CASE("AIMET parity: shards on the same grid merge to the sequential PDF") {
   for (std::size_t i = 0; i < p.size(); ++i) CHECK(p[i] == doctest::Approx(q[i]).epsilon(1e-12));
   CHECK(sa.histogram().aimet().iterations() == 4);
   for (const auto& s : schemes) CHECK(sa.compute_encoding(8, s) == seq.compute_encoding(8, s));
+}
+
+TEST_CASE("extreme magnitudes and denormals give finite, valid encodings") {
+  const float big = std::numeric_limits<float>::max();
+  const float tiny = std::numeric_limits<float>::denorm_min();
+  const std::vector<std::vector<float>> cases = {
+      {-big, big, 0.0f, 1.0f}, {tiny, -tiny, 0.0f}, {1000.0f, 1000.0f, 1000.0f}, {-5.0f}};
+  for (const auto& v : cases) {
+    auto check = [&](auto r) {
+      const std::string type = typeid(r).name();
+      CAPTURE(type);
+      CAPTURE(v[0]);
+      r.observe(v.data(), v.size());
+      for (const auto& s : schemes) {
+        CAPTURE(s.symmetric);
+        CAPTURE(s.unsigned_symmetric);
+        const auto e = r.compute_encoding(8, s);
+        CHECK(std::isfinite(e.scale));
+        CHECK(e.scale > 0.0);
+        CHECK(std::isfinite(e.min));
+        CHECK(std::isfinite(e.max));
+        CHECK(e.min <= 0.0);
+        CHECK(e.max >= 0.0);
+      }
+    };
+    check(qkit::minmax_range{});
+    check(qkit::tf_enhanced_range{});
+    check(qkit::percentile_range{99.9});
+    if (&v != &cases[0] && &v != &cases[1]) {
+      check(qkit::tf_enhanced_range{qkit::histogram_mode::aimet_parity});
+      check(qkit::percentile_range{99.9, qkit::histogram_mode::aimet_parity});
+      check(qkit::mse_range{qkit::histogram_mode::aimet_parity});
+    } else {
+      // AIMET's 3x-widened float buckets overflow (or underflow to width 0) here; AIMET would
+      // return a meaningless encoding, qkit says so.
+      qkit::tf_enhanced_range p(qkit::histogram_mode::aimet_parity);
+      CHECK_THROWS_WITH_AS(p.observe(v.data(), v.size()),
+                           doctest::Contains("AIMET-parity histogram cannot be placed"),
+                           qkit::calibration_error);
+      CHECK(p.empty());
+    }
+    check(qkit::mse_range{});
+    check(qkit::entropy_range{});
+  }
 }

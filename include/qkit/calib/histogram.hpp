@@ -156,21 +156,31 @@ class aimet_histogram {
     const scan_result r = scan_min_max(x, n);
     if (!r.all_finite()) throw_nonfinite(r, n, who);
     if (n == 0) return;
-    updated_ = true;
     if (x_left_.empty()) {
       float min_val = r.min, max_val = r.max;
       // An all-zero batch cannot place the histogram; AIMET waits for a non-zero one.
-      if (min_val == 0.0f && max_val == 0.0f) return;
+      if (min_val == 0.0f && max_val == 0.0f) {
+        updated_ = true;
+        return;
+      }
       if (min_val == max_val) max_val = std::max(max_val, min_val + 0.01f);
       const float center = (max_val + min_val) / 2;
       min_val = center - 3 * (center - min_val);
       max_val = center + 3 * (max_val - center);
       const float bucket = (max_val - min_val) / bins;
+      // AIMET would go on with infinite or zero-width buckets and return a meaningless
+      // encoding; qkit stops here.
+      QKIT_PRECONDITION(std::isfinite(min_val) && std::isfinite(max_val) && bucket > 0.0f &&
+                            std::isfinite(bucket),
+                        calibration_error, who, ": the AIMET-parity histogram cannot be placed over [",
+                        r.min, ", ", r.max, "] (widened 3x it gives buckets of width ", bucket,
+                        " in float); use histogram_mode::exact");
       x_left_.resize(bins);
       for (int i = 0; i < bins; ++i) x_left_[i] = min_val + static_cast<float>(i) * bucket;
       pdf_.assign(bins, 0.0);
       iterations_ = 0;
     }
+    updated_ = true;
     const float bucket = static_cast<float>(x_left_[1] - x_left_[0]);
     const float min_val = static_cast<float>(x_left_[0]);
     const float pdf_offset = min_val / bucket;

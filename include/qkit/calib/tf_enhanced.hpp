@@ -131,6 +131,9 @@ inline encoding aimet_tfe_encoding(const aimet_histogram& h, int bw, scheme s) {
       best_offset = o;
     }
   }
+  QKIT_PRECONDITION(best_delta > 0.0f, calibration_error,
+                    "tf_enhanced range: no TF-Enhanced candidate has a finite cost over the "
+                    "AIMET-parity histogram; use histogram_mode::exact");
   encoding e;
   e.bitwidth = bw;
   e.symmetric = s.symmetric;
