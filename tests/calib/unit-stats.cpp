@@ -180,3 +180,23 @@ TEST_CASE("large histogram updates (threaded, interleaved counters) equal the re
         qkit::aimet_histogram_update_reference(v.data(), v.size(), 0.02f, -256.0f, 512, d.data()));
   CHECK(c == d);
 }
+
+TEST_CASE("kernel results do not depend on the thread count") {
+  auto v = normal(900'000, 19, 3.0f);
+  v[444'444] = std::numeric_limits<float>::infinity();
+  const qkit::bin_grid g{-5, -512, 1024};
+  std::vector<qkit::scan_result> scans;
+  std::vector<std::vector<std::uint64_t>> hists;
+  for (std::size_t t : {1u, 2u, 3u}) {
+    qkit::set_num_threads(t);
+    scans.push_back(qkit::scan_min_max(v.data(), v.size()));
+    hists.emplace_back(g.bins, 0);
+    qkit::histogram_update(v.data(), v.size(), g, hists.back().data());
+  }
+  qkit::set_num_threads(0);
+  CHECK(scans[0] == scans[1]);
+  CHECK(scans[0] == scans[2]);
+  CHECK(scans[0].first_nonfinite == 444'444);
+  CHECK(hists[0] == hists[1]);
+  CHECK(hists[0] == hists[2]);
+}
