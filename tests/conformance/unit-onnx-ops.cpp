@@ -20,6 +20,7 @@
 #include <qkit/nn/add.hpp>
 #include <qkit/nn/batch_norm.hpp>
 #include <qkit/nn/conv2d.hpp>
+#include <qkit/nn/flatten.hpp>
 #include <qkit/nn/linear.hpp>
 #include <qkit/nn/pooling.hpp>
 #include <qkit/tensor/gemm.hpp>
@@ -396,6 +397,21 @@ std::string run_add(const onnx_test_case& tc) {
   return "";
 }
 
+std::string run_flatten(const onnx_test_case& tc) {
+  const onnx_node& n = tc.nodes[0];
+  const auto* x = input_of(tc, 0);
+  if (auto u = unknown_attribute(n, {"axis"}); !u.empty()) return "attribute " + u + " not mapped";
+  std::int64_t axis = int_attr(n, "axis", 1);
+  if (axis < 0) axis += std::int64_t(x->dims.size());
+  if (axis != qkit::nn::flatten::axis)
+    return "axis " + std::to_string(int_attr(n, "axis", 1)) +
+           " (qkit::nn::flatten keeps the batch axis: axis 1 only)";
+  qkit::nn::flatten layer;
+  qkit::nn::no_hooks h;
+  expect_close(tc.name, tc.outputs.at(0), layer.forward(to_tensor(*x), h), 0.0);
+  return "";
+}
+
 }  // namespace
 
 TEST_CASE("onnx conformance: Conv") {
@@ -442,4 +458,12 @@ TEST_CASE("onnx conformance: GlobalAveragePool") {
 
 TEST_CASE("onnx conformance: Add") {
   run_family("test_add", run_add, {"test_add_bcast", "test_add_uint8"}, 1);
+}
+
+TEST_CASE("onnx conformance: Flatten") {
+  run_family("test_flatten_", run_flatten,
+             {"test_flatten_axis0", "test_flatten_axis2", "test_flatten_axis3",
+              "test_flatten_negative_axis1", "test_flatten_negative_axis2",
+              "test_flatten_negative_axis4"},
+             3);
 }
