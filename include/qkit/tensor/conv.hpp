@@ -553,6 +553,48 @@ inline void depthwise_backward_weight(const conv2d_shape& s, const float* x, con
   });
 }
 
+/// Output planes smaller than this make per-image GEMMs too narrow to run at full speed; such
+/// layers lay a chunk of images side by side and run one GEMM for the chunk.
+inline constexpr std::size_t small_plane = 256;
+
+/// Images per chunk when a batch is laid side by side, for a budget of floats: a function of
+/// the shape only.
+inline std::size_t images_per_chunk(const conv2d_shape& s, std::size_t floats_per_image,
+                                    std::size_t budget) {
+  return std::clamp<std::size_t>(budget / std::max<std::size_t>(floats_per_image, 1), 1, s.N);
+}
+
+/// y = conv(x, w) + b with col = [Kg × images·P] for a chunk of images, one GEMM per group and
+/// chunk into a staging buffer, then scattered to NCHW with the bias added.
+inline void forward_batched(const conv2d_shape& s, const float* x, const float* w,
+                            const float* b, float* y) {
+  const std::size_t G = s.p.groups, Cg = s.channels_per_group(), Og = s.outputs_per_group();
+  const std::size_t P = s.OH() * s.OW(), Kg = Cg * s.KH * s.KW;
+  // A chunk's col and staged output stay within L2 (1 MiB) while the GEMM reads them.
+  const std::size_t chunk = images_per_chunk(s, (Kg + Og) * P, std::size_t{1} << 18);
+  float* col = scratch_buffer<1>(Kg * chunk * P);
+  float* staged = scratch_buffer<2>(Og * chunk * P);
+  for (std::size_t g = 0; g < G; ++g)
+    for (std::size_t n0 = 0; n0 < s.N; n0 += chunk) {
+      const std::size_t nb = std::min(chunk, s.N - n0), ld = nb * P;
+      parallel_for(0, nb, 1, [&](std::size_t lo, std::size_t hi) {
+        for (std::size_t i = lo; i < hi; ++i)
+          im2col(s, Cg, x + ((n0 + i) * s.C + g * Cg) * s.H * s.W, col + i * P, ld);
+      });
+      gemm(transpose::no, transpose::no, Og, ld, Kg, 1.0f, w + g * Og * Kg, Kg, col, ld, 0.0f,
+           staged, ld);
+      parallel_for(0, nb, 1, [&](std::size_t lo, std::size_t hi) {
+        for (std::size_t i = lo; i < hi; ++i)
+          for (std::size_t o = 0; o < Og; ++o) {
+            const float* src = staged + o * ld + i * P;
+            float* dst = y + ((n0 + i) * s.O + g * Og + o) * P;
+            const float bias = b ? b[g * Og + o] : 0.0f;
+            for (std::size_t p = 0; p < P; ++p) dst[p] = src[p] + bias;
+          }
+      });
+    }
+}
+
 /// db[o] = sum of dy over N, OH, OW: images in order, four fixed vector partial sums.
 template <class Arch>
 inline void sum_channels(const conv2d_shape& s, const float* dy, float* db) {
@@ -606,6 +648,10 @@ inline void conv2d_forward(const conv2d_shape& s, const float* x, const float* w
   }
   const std::size_t G = s.p.groups, Cg = s.channels_per_group(), Og = s.outputs_per_group();
   const std::size_t P = s.OH() * s.OW(), Kg = Cg * s.KH * s.KW;
+  if (s.N > 1 && P < detail::small_plane) {
+    detail::forward_batched(s, x, w, b, y);
+    return;
+  }
   // Images in parallel (each one's GEMMs run on its thread); a single image lets the GEMM
   // use the threads instead.
   parallel_for(0, s.N, 1, [&](std::size_t lo, std::size_t hi) {
@@ -675,9 +721,7 @@ inline void conv2d_backward_weight(const conv2d_shape& s, const float* x, const 
   // dw_g = dy_g · col^T with the batch laid side by side along K, so that one large GEMM
   // (split over dw's tiles only) does the reduction. The batch is taken in chunks of a size
   // that depends on the shape alone; chunks accumulate in order with beta = 1.
-  const std::size_t budget = std::size_t{1} << 22;  // floats of im2col per chunk (16 MiB)
-  const std::size_t chunk = std::clamp<std::size_t>(budget / std::max<std::size_t>(Kg * P, 1),
-                                                    1, s.N);
+  const std::size_t chunk = detail::images_per_chunk(s, Kg * P, std::size_t{1} << 22);
   float* col = detail::scratch_buffer<1>(Kg * chunk * P);
   float* dyc = detail::scratch_buffer<2>(Og * chunk * P);
   // The micro-kernel's tile is MR×NR; when Og is narrow (a 1×1 layer with few outputs), the

@@ -94,7 +94,7 @@ struct gemm_tile {
   static constexpr std::size_t MR = wide ? 8 : 6;
   static constexpr std::size_t NV = wide ? 3 : 2;
   static constexpr std::size_t NR = NV * W;
-  static constexpr std::size_t KC = 256;   // a KC×NR B panel (48 KiB) streams from L2
+  static constexpr std::size_t KC = 256;   // K block (up to 1.5×): A panel in L1, B panel in L2
   static constexpr std::size_t MC = 1024;  // rows of op(A) packed at once (1 MiB)
   static constexpr std::size_t NC = 3072;  // columns of op(B) packed at once (3 MiB)
   static constexpr std::size_t tile_cols = 480 / NR * NR;  // a task's B tile stays in L2
@@ -201,13 +201,15 @@ inline void pack_b_panel(transpose tb, const float* B, std::size_t ldb, std::siz
 }
 
 /// C tile (rows×cols ≤ MR×NR) = alpha·(a_panel · b_panel) + beta·C, beta == 0 ignoring C.
-template <class Arch, std::size_t MR, std::size_t NV>
+/// NV vectors of the panel's NVP are computed: a narrow edge of C (a few columns past the
+/// last full panel) takes fewer vectors instead of wasting whole FMAs on zeros.
+template <class Arch, std::size_t MR, std::size_t NV, std::size_t NVP = NV>
 inline void gemm_micro_kernel(std::size_t kc, const float* __restrict a, const float* __restrict b,
                               float alpha, float beta, float* __restrict c, std::size_t ldc,
                               std::size_t rows, std::size_t cols) {
   using batch = xsimd::batch<float, Arch>;
   constexpr std::size_t W = batch::size;
-  constexpr std::size_t NR = NV * W;
+  constexpr std::size_t NR = NV * W, panel = NVP * W;
   batch acc[MR][NV];
 #pragma GCC unroll 32
   for (std::size_t i = 0; i < MR; ++i)
@@ -225,7 +227,7 @@ inline void gemm_micro_kernel(std::size_t kc, const float* __restrict a, const f
       for (std::size_t v = 0; v < NV; ++v) acc[i][v] = fused_multiply_add(av, bv[v], acc[i][v]);
     }
     a += MR;
-    b += NR;
+    b += panel;
   }
 
   const batch va(alpha), vb(beta);
@@ -256,6 +258,21 @@ inline void gemm_micro_kernel(std::size_t kc, const float* __restrict a, const f
     }
 }
 
+/// Runs the micro-kernel with as few vectors as the tile's columns need.
+template <class Arch, std::size_t MR, std::size_t NVP, std::size_t NV = NVP>
+inline void micro_kernel_for_width(std::size_t kc, const float* a, const float* b, float alpha,
+                                   float beta, float* c, std::size_t ldc, std::size_t rows,
+                                   std::size_t cols) {
+  constexpr std::size_t W = xsimd::batch<float, Arch>::size;
+  if constexpr (NV > 1) {
+    if (cols <= (NV - 1) * W) {
+      micro_kernel_for_width<Arch, MR, NVP, NV - 1>(kc, a, b, alpha, beta, c, ldc, rows, cols);
+      return;
+    }
+  }
+  gemm_micro_kernel<Arch, MR, NV, NVP>(kc, a, b, alpha, beta, c, ldc, rows, cols);
+}
+
 /// The packed, blocked GEMM for one SIMD architecture (gemm uses the default one; tests also
 /// run narrower ones to check the kernels of other targets on this host).
 template <class Arch, class Tile = gemm_tile<Arch>>
@@ -281,7 +298,10 @@ void gemm_blocked(transpose ta, transpose tb, std::size_t M, std::size_t N, std:
   constexpr std::size_t NC = std::max(cfg::NC / NR, std::size_t{1}) * NR;
   const std::size_t mc_max = std::min(MC, (M + MR - 1) / MR * MR);
   const std::size_t nc_max = std::min(NC, (N + NR - 1) / NR * NR);
-  const std::size_t kc_max = std::min(KC, K);
+  // K is cut into blocks of about KC, the nearest whole number of them, so that no short
+  // trailing block costs a pass over C for little work (K = 288 is one block, 576 two).
+  const std::size_t k_blocks = std::max<std::size_t>(1, (K + KC / 2) / KC);
+  const std::size_t kc_max = (K + k_blocks - 1) / k_blocks;
   float* packed_b = scratch_buffer<0>(nc_max * kc_max + mc_max * kc_max);
   float* packed_a = packed_b + nc_max * kc_max;
 
@@ -295,8 +315,8 @@ void gemm_blocked(transpose ta, transpose tb, std::size_t M, std::size_t N, std:
   for (std::size_t jc = 0; jc < N; jc += NC) {
     const std::size_t nc = std::min(NC, N - jc);
     const std::size_t n_panels = (nc + NR - 1) / NR;
-    for (std::size_t pc = 0; pc < K; pc += KC) {
-      const std::size_t kc = std::min(KC, K - pc);
+    for (std::size_t pc = 0; pc < K; pc += kc_max) {
+      const std::size_t kc = std::min(kc_max, K - pc);
       const float beta_k = pc == 0 ? beta : 1.0f;
       run(n_panels, 4, [&](std::size_t lo, std::size_t hi) {
         for (std::size_t p = lo; p < hi; ++p)
@@ -332,7 +352,7 @@ void gemm_blocked(transpose ta, transpose tb, std::size_t M, std::size_t N, std:
               const std::size_t i0 = p * MR, rows = std::min(MR, mc - i0);
               for (std::size_t q = nt * tn; q < q_end; ++q) {
                 const std::size_t j0 = q * NR, cols = std::min(NR, nc - j0);
-                gemm_micro_kernel<Arch, MR, cfg::NV>(
+                micro_kernel_for_width<Arch, MR, cfg::NV>(
                     kc, packed_a + p * MR * kc, packed_b + q * NR * kc, alpha, beta_k,
                     C + (ic + i0) * ldc + jc + j0, ldc, rows, cols);
               }
