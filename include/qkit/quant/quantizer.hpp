@@ -144,17 +144,22 @@ class quantizer {
       QKIT_THROW(calibration_error, "quantizer '", name_, "': ", r.nonfinite, " of ", n,
                  " calibration values are NaN or Inf (first at index ", r.first_nonfinite, ")");
     if (setters_.empty()) setters_.assign(l.channels, prototype_);
-    if (l.outer == 1) {
-      // Contiguous channels (axis 0 of OIHW weights): no copy.
-      for (std::size_t c = 0; c < l.channels; ++c) setters_[c].observe(data + c * l.inner, l.inner);
-      return;
-    }
-    std::vector<float> gathered(l.outer * l.inner);
-    for (std::size_t c = 0; c < l.channels; ++c) {
-      for (std::size_t o = 0; o < l.outer; ++o)
-        std::memcpy(gathered.data() + o * l.inner, data + (o * l.channels + c) * l.inner,
-                    l.inner * sizeof(float));
-      setters_[c].observe(gathered.data(), gathered.size());
+    std::size_t c = 0;
+    try {
+      if (l.outer == 1) {
+        // Contiguous channels (axis 0 of OIHW weights): no copy.
+        for (; c < l.channels; ++c) setters_[c].observe(data + c * l.inner, l.inner);
+        return;
+      }
+      std::vector<float> gathered(l.outer * l.inner);
+      for (; c < l.channels; ++c) {
+        for (std::size_t o = 0; o < l.outer; ++o)
+          std::memcpy(gathered.data() + o * l.inner, data + (o * l.channels + c) * l.inner,
+                      l.inner * sizeof(float));
+        setters_[c].observe(gathered.data(), gathered.size());
+      }
+    } catch (const calibration_error& e) {
+      QKIT_THROW(calibration_error, "quantizer '", name_, "' channel ", c, ": ", strip(e.what()));
     }
   }
   void observe(const tensor& t) { observe(t.data(), std::span<const std::size_t>(t.shape().data(), t.shape().size())); }
