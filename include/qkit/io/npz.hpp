@@ -1,7 +1,6 @@
-// qkit/io/npz.hpp — numpy's .npy and .npz formats: weights and activations keyed by layer name,
-// exchanged with Python (np.load / np.savez) without Python. Writing produces stored
-// (uncompressed) zip entries of little-endian float32 arrays; reading accepts stored and
-// deflated entries (np.savez_compressed), zip64 records, and float32 or float64 arrays.
+// qkit/io/npz.hpp — numpy's .npy and .npz files: weights keyed by layer name, exchanged with
+// np.load / np.savez. Writes stored float32 entries; reads stored or deflated entries
+// (np.savez_compressed), zip64 records, and float32 or float64 arrays.
 #pragma once
 
 #include <algorithm>
