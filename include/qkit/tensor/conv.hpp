@@ -595,6 +595,37 @@ inline void forward_batched(const conv2d_shape& s, const float* x, const float* 
     }
 }
 
+/// dx = conv^T(dy, w) for small planes: dy of a chunk of images side by side, one GEMM per
+/// group and chunk into col = [Kg × images·P], then col2im per image.
+inline void backward_data_batched(const conv2d_shape& s, const float* dy, const float* w,
+                                  float* dx) {
+  const std::size_t G = s.p.groups, Cg = s.channels_per_group(), Og = s.outputs_per_group();
+  const std::size_t P = s.OH() * s.OW(), Kg = Cg * s.KH * s.KW, HW = s.H * s.W;
+  const std::size_t chunk = images_per_chunk(s, (Kg + Og) * P, std::size_t{1} << 18);
+  float* col = scratch_buffer<1>(Kg * chunk * P);
+  float* staged = scratch_buffer<2>(Og * chunk * P);
+  for (std::size_t g = 0; g < G; ++g)
+    for (std::size_t n0 = 0; n0 < s.N; n0 += chunk) {
+      const std::size_t nb = std::min(chunk, s.N - n0), ld = nb * P;
+      parallel_for(0, nb, 1, [&](std::size_t lo, std::size_t hi) {
+        for (std::size_t i = lo; i < hi; ++i)
+          for (std::size_t o = 0; o < Og; ++o) {
+            const float* src = dy + ((n0 + i) * s.O + g * Og + o) * P;
+            std::copy(src, src + P, staged + o * ld + i * P);
+          }
+      });
+      gemm(transpose::yes, transpose::no, Kg, ld, Og, 1.0f, w + g * Og * Kg, Kg, staged, ld,
+           0.0f, col, ld);
+      parallel_for(0, nb, 1, [&](std::size_t lo, std::size_t hi) {
+        for (std::size_t i = lo; i < hi; ++i) {
+          float* dxg = dx + ((n0 + i) * s.C + g * Cg) * HW;
+          std::fill(dxg, dxg + Cg * HW, 0.0f);
+          col2im(s, Cg, col + i * P, ld, dxg);
+        }
+      });
+    }
+}
+
 /// db[o] = sum of dy over N, OH, OW: images in order, four fixed vector partial sums.
 template <class Arch>
 inline void sum_channels(const conv2d_shape& s, const float* dy, float* db) {
@@ -683,6 +714,11 @@ inline void conv2d_backward_data(const conv2d_shape& s, const float* dy, const f
   }
   const std::size_t G = s.p.groups, Cg = s.channels_per_group(), Og = s.outputs_per_group();
   const std::size_t P = s.OH() * s.OW(), Kg = Cg * s.KH * s.KW, HW = s.H * s.W;
+  // (1×1 layers are left per image: their GEMM writes dx directly, with no col2im to pay.)
+  if (path == detail::conv_path::im2col && s.N > 1 && P < detail::small_plane) {
+    detail::backward_data_batched(s, dy, w, dx);
+    return;
+  }
   parallel_for(0, s.N, 1, [&](std::size_t lo, std::size_t hi) {
     float* col = path == detail::conv_path::im2col ? detail::scratch_buffer<1>(Kg * P) : nullptr;
     for (std::size_t n = lo; n < hi; ++n)
