@@ -66,8 +66,8 @@ inline void optimize_kl(const std::vector<double>& hist, double hmin, double hma
     const double merged = static_cast<double>(win) / static_cast<double>(qbins);
     std::vector<double> q(win, 0.0);
     for (std::size_t k = 0; k < qbins; ++k) {
-      const auto edge = [&](std::size_t q) {
-        return static_cast<std::size_t>(std::ceil(static_cast<double>(q) * merged));
+      const auto edge = [&](std::size_t qb) {
+        return static_cast<std::size_t>(std::ceil(static_cast<double>(qb) * merged));
       };
       const std::size_t a = edge(k);
       const std::size_t b = k + 1 < qbins ? edge(k + 1) : win;
