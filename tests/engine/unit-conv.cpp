@@ -236,11 +236,13 @@ TEST_CASE("conv2d fast paths agree with the references") {
   for (const auto& c : conv_cases()) check_conv_against_reference(c.s, c.name, rng);
 }
 
-TEST_CASE("conv2d backward weight over several batch chunks") {
+TEST_CASE("conv2d over several batch chunks") {
   // im2col of one image here exceeds the per-chunk budget, so the batch is reduced in chunks.
   std::mt19937 rng(5);
   qkit::conv2d_params q; q.pad_top = q.pad_bottom = q.pad_left = q.pad_right = 1;
   check_conv_against_reference(make_shape(3, 64, 64, 64, 4, 3, 3, q), "chunked", rng);
+  // Small planes batched side by side: here two images fill a chunk, so 5 take three.
+  check_conv_against_reference(make_shape(5, 64, 15, 15, 8, 3, 3, q), "batched chunks", rng);
 }
 
 TEST_CASE("conv2d results are bit-identical for 1, 2 and 3 threads") {
