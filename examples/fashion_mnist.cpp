@@ -1,0 +1,209 @@
+// The Fashion-MNIST example: trains the MobileNet-style model of
+// examples/models/fashion_mobilenet.hpp on the 60,000 training images (SGD with Nesterov
+// momentum, cosine learning rate, flip/shift augmentation), evaluates it on the 10,000 test
+// images and saves its weights to OUT/fashion_mobilenet.npz. A saved model is reloaded instead
+// of retrained unless --retrain is given, so later stages start in seconds.
+//
+//   fashion_mnist --data /usr/share/datasets/fashion-mnist --out out [--epochs N] [--retrain]
+//                 [--train-only] [--threads N] [--seed S]
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <unistd.h>
+
+#include <qkit/io/idx.hpp>
+#include <qkit/nn/nn.hpp>
+
+#include "models/fashion_mobilenet.hpp"
+#include "models/training.hpp"
+
+namespace {
+
+struct options {
+  std::string data_dir = "/usr/share/datasets/fashion-mnist";
+  std::string out_dir;
+  std::size_t epochs = 12;
+  bool retrain = false;
+  bool train_only = false;
+  std::size_t threads = 0;  // 0: all hardware threads
+  std::uint32_t seed = 1;
+};
+
+void usage(std::FILE* to) {
+  std::fprintf(to,
+               "usage: fashion_mnist --data DIR --out DIR [--epochs N] [--retrain] [--train-only]\n"
+               "                     [--threads N] [--seed S]\n"
+               "  --data DIR     Fashion-MNIST IDX files (default /usr/share/datasets/fashion-mnist)\n"
+               "  --out DIR      where fashion_mobilenet.npz is written (required)\n"
+               "  --epochs N     training epochs (default 12)\n"
+               "  --retrain      train even if OUT/fashion_mobilenet.npz exists\n"
+               "  --train-only   stop after the FP32 model is trained (or loaded) and evaluated\n"
+               "  --threads N    worker threads (default: all hardware threads)\n"
+               "  --seed S       initialization, shuffling and augmentation seed (default 1)\n");
+}
+
+struct usage_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+std::size_t parse_count(const std::string& flag, const std::string& v) {
+  std::size_t pos = 0;
+  unsigned long long n = 0;
+  try {
+    n = std::stoull(v, &pos);
+  } catch (const std::exception&) {
+    pos = 0;
+  }
+  if (pos != v.size() || v.empty() || v[0] == '-')
+    throw usage_error(flag + " expects a non-negative integer, got '" + v + "'");
+  return std::size_t(n);
+}
+
+options parse_args(int argc, char** argv) {
+  options o;
+  bool have_out = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    const auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw usage_error(a + " needs a value");
+      return argv[++i];
+    };
+    if (a == "--data") o.data_dir = value();
+    else if (a == "--out") { o.out_dir = value(); have_out = true; }
+    else if (a == "--epochs") o.epochs = parse_count(a, value());
+    else if (a == "--retrain") o.retrain = true;
+    else if (a == "--train-only") o.train_only = true;
+    else if (a == "--threads") o.threads = parse_count(a, value());
+    else if (a == "--seed") o.seed = std::uint32_t(parse_count(a, value()));
+    else if (a == "--help" || a == "-h") { usage(stdout); std::exit(0); }
+    else throw usage_error("unknown argument '" + a + "'");
+  }
+  if (!have_out) throw usage_error("--out DIR is required");
+  if (o.epochs == 0) throw usage_error("--epochs must be at least 1");
+  return o;
+}
+
+struct dataset {
+  qkit::tensor images;
+  std::vector<std::uint8_t> labels;
+};
+
+dataset load_split(const std::string& dir, bool train) {
+  auto d = qkit::io::load_fashion_mnist(dir, train);
+  fashion::normalize(d.images, fashion::pixel_mean, fashion::pixel_std);
+  return {std::move(d.images), std::move(d.labels)};
+}
+
+/// Progress on one line rewritten with \r on a terminal; plain lines (a few per epoch) when
+/// the output is a file or a pipe.
+class progress_printer {
+ public:
+  progress_printer() : tty_(isatty(fileno(stdout)) != 0) {}
+  void operator()(const fashion::epoch_progress& p) {
+    const bool last = p.seen == p.total;
+    if (tty_) {
+      constexpr int width = 30;
+      const int filled = int(double(width) * double(p.seen) / double(p.total));
+      std::printf("\repoch %zu/%zu [%s%s] %5zu/%zu  loss %.4f  acc %6.2f%%  %6.0f img/s",
+                  p.epoch, p.epochs, std::string(std::size_t(filled), '=').c_str(),
+                  std::string(std::size_t(width - filled), ' ').c_str(), p.seen, p.total, p.loss,
+                  100.0 * p.accuracy, p.images_per_second);
+      if (last) std::printf("\n");
+      std::fflush(stdout);
+    } else if (last || p.seen >= next_line_) {
+      std::printf("epoch %zu/%zu  %5zu/%zu  loss %.4f  acc %6.2f%%  %6.0f img/s\n", p.epoch,
+                  p.epochs, p.seen, p.total, p.loss, 100.0 * p.accuracy, p.images_per_second);
+      std::fflush(stdout);
+      next_line_ = last ? p.total / 4 : p.seen + p.total / 4;
+    }
+  }
+
+ private:
+  bool tty_;
+  std::size_t next_line_ = 0;
+};
+
+/// SGD (Nesterov momentum 0.9, weight decay 5e-4) with a linear warm-up over the first 200
+/// steps, then cosine decay to zero over all epochs.
+template <class Model>
+void train(Model& model, const dataset& train_set, const options& o) {
+  qkit::nn::init_parameters(model, o.seed);
+  qkit::nn::sgd opt({.lr = 0.1f, .momentum = 0.9f, .weight_decay = 5e-4f, .nesterov = true});
+  fashion::train_settings s;
+  s.fill = (0.0f - fashion::pixel_mean) / fashion::pixel_std;
+  const std::size_t steps_per_epoch = (train_set.images.shape(0) + s.batch_size - 1) / s.batch_size;
+  const std::size_t total_steps = steps_per_epoch * o.epochs;
+  const float base_lr = 0.1f;
+  progress_printer print;
+  for (std::size_t epoch = 0; epoch < o.epochs; ++epoch) {
+    const auto lr_at = [&](std::size_t step) {
+      const std::size_t global = epoch * steps_per_epoch + step;
+      const float warm = std::min(1.0f, float(global + 1) / 200.0f);
+      return warm * qkit::nn::cosine_lr(base_lr, global, total_steps);
+    };
+    fashion::train_epoch(model, opt, train_set.images, train_set.labels, s,
+                         o.seed * 1000003u + std::uint32_t(epoch), lr_at,
+                         [&](fashion::epoch_progress p) {
+                           p.epoch = epoch + 1;
+                           p.epochs = o.epochs;
+                           print(p);
+                         });
+  }
+}
+
+/// Loads OUT/fashion_mobilenet.npz if present (unless --retrain); otherwise trains and saves.
+template <class Model>
+void train_or_load(Model& model, const options& o, const std::filesystem::path& weights) {
+  if (!o.retrain && std::filesystem::exists(weights)) {
+    qkit::nn::load_weights(model, weights);
+    std::printf("loaded %s (pass --retrain to train again)\n", weights.string().c_str());
+    return;
+  }
+  const dataset train_set = load_split(o.data_dir, true);
+  std::printf("training on %zu images for %zu epochs, %zu threads, %zu parameters\n",
+              train_set.images.shape(0), o.epochs, qkit::get_num_threads(),
+              qkit::nn::parameter_count(model));
+  const auto t0 = std::chrono::steady_clock::now();
+  train(model, train_set, o);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("trained in %.1f s (%.1f s per epoch)\n", secs, secs / double(o.epochs));
+  qkit::nn::save_weights(model, weights);
+  std::printf("saved %s\n", weights.string().c_str());
+}
+
+int run(const options& o) {
+  qkit::set_num_threads(o.threads);
+  std::filesystem::create_directories(o.out_dir);
+  const std::filesystem::path weights = std::filesystem::path(o.out_dir) / "fashion_mobilenet.npz";
+
+  auto model = fashion::make_model();
+  train_or_load(model, o, weights);
+
+  const dataset test_set = load_split(o.data_dir, false);
+  const auto t0 = std::chrono::steady_clock::now();
+  const double acc = fashion::evaluate(model, test_set.images, test_set.labels);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("FP32 test accuracy: %.2f%% (%zu images, %.1f s)\n", 100.0 * acc,
+              test_set.images.shape(0), secs);
+  if (o.train_only) return 0;
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(parse_args(argc, argv));
+  } catch (const usage_error& e) {
+    std::fprintf(stderr, "fashion_mnist: %s\n", e.what());
+    usage(stderr);
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "fashion_mnist: error: %s\n", e.what());
+    return 1;
+  }
+}
