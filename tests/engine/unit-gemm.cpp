@@ -7,6 +7,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <qkit/tensor/gemm.hpp>
@@ -211,4 +212,34 @@ TEST_CASE("gemm: results are bit-identical for 1, 2 and 3 threads") {
         CHECK(results[0] == results[1]);
         CHECK(results[0] == results[2]);
       }
+}
+
+TEST_CASE("gemm: concurrent calls from several user threads share the pool safely") {
+  std::mt19937 rng(4);
+  qkit::set_num_threads(2);
+  std::vector<problem> problems;
+  for (std::size_t i = 0; i < 4; ++i)
+    problems.emplace_back(transpose::no, i % 2 ? transpose::yes : transpose::no, 150 + i, 170,
+                          130, 1.0f, 0.5f, 0, rng);
+  std::vector<std::vector<float>> expected, got(problems.size());
+  for (const auto& p : problems) {
+    std::vector<float> c = p.c;
+    qkit::gemm(p.ta, p.tb, p.M, p.N, p.K, p.alpha, p.a.data(), p.lda, p.b.data(), p.ldb, p.beta,
+               c.data(), p.ldc);
+    expected.push_back(std::move(c));
+  }
+  std::vector<std::thread> callers;
+  for (std::size_t t = 0; t < problems.size(); ++t)
+    callers.emplace_back([&, t] {
+      const auto& p = problems[t];
+      for (int rep = 0; rep < 20; ++rep) {
+        std::vector<float> c = p.c;
+        qkit::gemm(p.ta, p.tb, p.M, p.N, p.K, p.alpha, p.a.data(), p.lda, p.b.data(), p.ldb,
+                   p.beta, c.data(), p.ldc);
+        if (rep == 0 || c != expected[t]) got[t] = std::move(c);
+      }
+    });
+  for (auto& t : callers) t.join();
+  qkit::set_num_threads(0);
+  for (std::size_t t = 0; t < problems.size(); ++t) CHECK(got[t] == expected[t]);
 }

@@ -318,18 +318,22 @@ void gemm_blocked(transpose ta, transpose tb, std::size_t M, std::size_t N, std:
     for (std::size_t pc = 0; pc < K; pc += kc_max) {
       const std::size_t kc = std::min(kc_max, K - pc);
       const float beta_k = pc == 0 ? beta : 1.0f;
-      run(n_panels, 4, [&](std::size_t lo, std::size_t hi) {
-        for (std::size_t p = lo; p < hi; ++p)
-          pack_b_panel<Arch, NR>(tb, B, ldb, jc + p * NR, std::min(NR, nc - p * NR), pc, kc,
-                                 packed_b + p * NR * kc);
-      });
       for (std::size_t ic = 0; ic < M; ic += MC) {
         const std::size_t mc = std::min(MC, M - ic);
         const std::size_t m_panels = (mc + MR - 1) / MR;
-        run(m_panels, 4, [&](std::size_t lo, std::size_t hi) {
-          for (std::size_t p = lo; p < hi; ++p)
-            pack_a_panel<MR>(ta, A, lda, ic + p * MR, std::min(MR, mc - p * MR), pc, kc,
-                             packed_a + p * MR * kc);
+        // Packing is one parallel region: B's panels (with the first block of A) or A's.
+        const std::size_t b_panels = ic == 0 ? n_panels : 0;
+        run(b_panels + m_panels, 4, [&](std::size_t lo, std::size_t hi) {
+          for (std::size_t p = lo; p < hi; ++p) {
+            if (p < b_panels) {
+              pack_b_panel<Arch, NR>(tb, B, ldb, jc + p * NR, std::min(NR, nc - p * NR), pc, kc,
+                                     packed_b + p * NR * kc);
+            } else {
+              const std::size_t q = p - b_panels;
+              pack_a_panel<MR>(ta, A, lda, ic + q * MR, std::min(MR, mc - q * MR), pc, kc,
+                               packed_a + q * MR * kc);
+            }
+          }
         });
         // Tasks are tiles of C; consecutive tasks share their B tile, which stays in L2. Small
         // products get smaller tiles so that every thread has work (the tiling never changes

@@ -51,6 +51,9 @@ class thread_pool {
       fn(begin, end);
       return;
     }
+    // The pool runs one job at a time: callers on other threads (two user threads each
+    // calling a kernel) wait their turn instead of overwriting each other's job.
+    std::lock_guard submit(submit_mutex_);
     std::unique_lock lock(mutex_);
     job_ = &fn;
     job_begin_ = begin;
@@ -114,7 +117,7 @@ class thread_pool {
   }
 
   std::vector<std::thread> workers_;
-  std::mutex mutex_;
+  std::mutex mutex_, submit_mutex_;
   std::condition_variable cv_, done_cv_;
   const std::function<void(std::size_t, std::size_t)>* job_ = nullptr;
   std::size_t job_begin_ = 0, job_end_ = 0, job_chunks_ = 0, pending_ = 0, generation_ = 0;
