@@ -215,8 +215,10 @@ std::vector<conv_case> conv_cases() {
     add("3x3 dilation 2", 3, 5, 10, 10, 3, 3, 3, q);
   }
   {
+    add("1x1 pointwise, plane past the dot-kernel threshold", 3, 6, 12, 13, 10, 1, 1, {});
     qkit::conv2d_params q; q.groups = 2;
     add("1x1 groups 2", 3, 6, 5, 7, 4, 1, 1, q);
+    add("1x1 groups 2, 16x16 plane", 2, 10, 16, 16, 6, 1, 1, q);
     q.groups = 1; q.stride_h = q.stride_w = 2;
     add("1x1 stride 2 (im2col path)", 3, 6, 9, 9, 4, 1, 1, q);
     q.stride_h = q.stride_w = 1; q.pad_left = 1;

@@ -557,6 +557,10 @@ inline void depthwise_backward_weight(const conv2d_shape& s, const float* x, con
 /// layers lay a chunk of images side by side and run one GEMM for the chunk.
 inline constexpr std::size_t small_plane = 256;
 
+/// 1×1 layers whose planes have at least this many elements compute dw with the blocked dot
+/// kernel; smaller planes leave too little work per block and image, and use the GEMM.
+inline constexpr std::size_t pointwise_dot_min_plane = 128;
+
 /// Images per chunk when a batch is laid side by side, for a budget of floats: a function of
 /// the shape only.
 inline std::size_t images_per_chunk(const conv2d_shape& s, std::size_t floats_per_image,
@@ -624,6 +628,91 @@ inline void backward_data_batched(const conv2d_shape& s, const float* dy, const 
         }
       });
     }
+}
+
+/// dw[o][c] = Σ_n Σ_p dy[n][o][p]·x[n][c][p] for a 1×1 stride-1 unpadded layer, where x is its
+/// own im2col: a product with a long reduction (N·H·W) into a small result, which a GEMM would
+/// have to pack (transpose) both operands for. Instead, 4×4 blocks of dw hold 16 vector
+/// accumulators and read the rows of each image in place; each thread owns whole blocks and
+/// walks the images in order, and a row's last P mod W values go through one zero-padded
+/// vector, so the order of every sum is fixed by the shape.
+template <class Arch>
+inline void pointwise_backward_weight(const conv2d_shape& s, const float* x, const float* dy,
+                                      float* dw, float* db) {
+  using batch = xsimd::batch<float, Arch>;
+  constexpr std::size_t Wd = batch::size, B = 4;
+  const std::size_t G = s.p.groups, Cg = s.channels_per_group(), Og = s.outputs_per_group();
+  const std::size_t P = s.H * s.W, pv = P - P % Wd, tail = P % Wd;
+  const std::size_t o_blocks = (Og + B - 1) / B, c_blocks = (Cg + B - 1) / B;
+  const std::vector<float> zeros(P, 0.0f);  // stands in for rows past the last channel
+  parallel_for(0, G * o_blocks * c_blocks, 1, [&](std::size_t lo, std::size_t hi) {
+    // Per block: 16 accumulators for dw, then 4 for db (used by the blocks at c0 == 0, while
+    // their dy rows are still in L1).
+    constexpr std::size_t per_block = B * B + B;
+    std::vector<batch> acc((hi - lo) * per_block, batch(0.0f));
+    alignas(64) float ta[B][Wd], tb[B][Wd];
+    for (std::size_t n = 0; n < s.N; ++n)
+      for (std::size_t blk = lo; blk < hi; ++blk) {
+        const std::size_t g = blk / (o_blocks * c_blocks), r = blk % (o_blocks * c_blocks);
+        const std::size_t o0 = (r / c_blocks) * B, c0 = (r % c_blocks) * B;
+        const float* a[B];
+        const float* b[B];
+        for (std::size_t i = 0; i < B; ++i) {
+          a[i] = o0 + i < Og ? dy + (n * s.O + g * Og + o0 + i) * P : zeros.data();
+          b[i] = c0 + i < Cg ? x + (n * s.C + g * Cg + c0 + i) * P : zeros.data();
+        }
+        batch* ab = acc.data() + (blk - lo) * per_block;
+        batch r00 = ab[0], r01 = ab[1], r02 = ab[2], r03 = ab[3], r10 = ab[4], r11 = ab[5],
+              r12 = ab[6], r13 = ab[7], r20 = ab[8], r21 = ab[9], r22 = ab[10], r23 = ab[11],
+              r30 = ab[12], r31 = ab[13], r32 = ab[14], r33 = ab[15];
+        auto step = [&](const batch& a0, const batch& a1, const batch& a2, const batch& a3,
+                        const batch& b0, const batch& b1, const batch& b2, const batch& b3) {
+          r00 = fused_multiply_add(a0, b0, r00); r01 = fused_multiply_add(a0, b1, r01);
+          r02 = fused_multiply_add(a0, b2, r02); r03 = fused_multiply_add(a0, b3, r03);
+          r10 = fused_multiply_add(a1, b0, r10); r11 = fused_multiply_add(a1, b1, r11);
+          r12 = fused_multiply_add(a1, b2, r12); r13 = fused_multiply_add(a1, b3, r13);
+          r20 = fused_multiply_add(a2, b0, r20); r21 = fused_multiply_add(a2, b1, r21);
+          r22 = fused_multiply_add(a2, b2, r22); r23 = fused_multiply_add(a2, b3, r23);
+          r30 = fused_multiply_add(a3, b0, r30); r31 = fused_multiply_add(a3, b1, r31);
+          r32 = fused_multiply_add(a3, b2, r32); r33 = fused_multiply_add(a3, b3, r33);
+        };
+        for (std::size_t k = 0; k < pv; k += Wd)
+          step(batch::load_unaligned(a[0] + k), batch::load_unaligned(a[1] + k),
+               batch::load_unaligned(a[2] + k), batch::load_unaligned(a[3] + k),
+               batch::load_unaligned(b[0] + k), batch::load_unaligned(b[1] + k),
+               batch::load_unaligned(b[2] + k), batch::load_unaligned(b[3] + k));
+        if (tail) {
+          for (std::size_t i = 0; i < B; ++i)
+            for (std::size_t j = 0; j < Wd; ++j) {
+              ta[i][j] = j < tail ? a[i][pv + j] : 0.0f;
+              tb[i][j] = j < tail ? b[i][pv + j] : 0.0f;
+            }
+          step(batch::load_aligned(ta[0]), batch::load_aligned(ta[1]), batch::load_aligned(ta[2]),
+               batch::load_aligned(ta[3]), batch::load_aligned(tb[0]), batch::load_aligned(tb[1]),
+               batch::load_aligned(tb[2]), batch::load_aligned(tb[3]));
+        }
+        ab[0] = r00; ab[1] = r01; ab[2] = r02; ab[3] = r03; ab[4] = r10; ab[5] = r11;
+        ab[6] = r12; ab[7] = r13; ab[8] = r20; ab[9] = r21; ab[10] = r22; ab[11] = r23;
+        ab[12] = r30; ab[13] = r31; ab[14] = r32; ab[15] = r33;
+        if (db && c0 == 0)
+          for (std::size_t i = 0; i < B; ++i) {
+            batch sum = ab[B * B + i];
+            for (std::size_t k = 0; k < pv; k += Wd) sum += batch::load_unaligned(a[i] + k);
+            if (tail) sum += batch::load_aligned(ta[i]);
+            ab[B * B + i] = sum;
+          }
+      }
+    for (std::size_t blk = lo; blk < hi; ++blk) {
+      const std::size_t g = blk / (o_blocks * c_blocks), r = blk % (o_blocks * c_blocks);
+      const std::size_t o0 = (r / c_blocks) * B, c0 = (r % c_blocks) * B;
+      const batch* ab = acc.data() + (blk - lo) * per_block;
+      for (std::size_t i = 0; i < B && o0 + i < Og; ++i) {
+        for (std::size_t j = 0; j < B && c0 + j < Cg; ++j)
+          dw[(g * Og + o0 + i) * Cg + c0 + j] = reduce_sum(ab[i * B + j]);
+        if (db && c0 == 0) db[g * Og + o0 + i] = reduce_sum(ab[B * B + i]);
+      }
+    }
+  });
 }
 
 /// db[o] = sum of dy over N, OH, OW: images in order, four fixed vector partial sums.
@@ -754,6 +843,10 @@ inline void conv2d_backward_weight(const conv2d_shape& s, const float* x, const 
   }
   const std::size_t G = s.p.groups, Cg = s.channels_per_group(), Og = s.outputs_per_group();
   const std::size_t P = s.OH() * s.OW(), Kg = Cg * s.KH * s.KW;
+  if (path == detail::conv_path::pointwise && P >= detail::pointwise_dot_min_plane) {
+    detail::pointwise_backward_weight<arch>(s, x, dy, dw, db);
+    return;
+  }
   // dw_g = dy_g · col^T with the batch laid side by side along K, so that one large GEMM
   // (split over dw's tiles only) does the reduction. The batch is taken in chunks of a size
   // that depends on the shape alone; chunks accumulate in order with beta = 1.
