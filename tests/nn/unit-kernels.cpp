@@ -62,6 +62,16 @@ TEST_CASE("elementwise SIMD kernels equal their scalar references bit for bit") 
     qkit::axpby_shift_row(a.data(), b.data(), s.data(), n, 1.1f, -0.3f, 0.7f);
     CHECK(same_bits(r, s));
 
+    std::vector<float> r2(n), s2(n);
+    qkit::normalize_affine_reference(a.data(), r.data(), r2.data(), n, 0.37f, -1.25f, 1.5f, 0.25f);
+    qkit::normalize_affine_row(a.data(), s.data(), s2.data(), n, 0.37f, -1.25f, 1.5f, 0.25f);
+    CHECK(same_bits(r, s));
+    CHECK(same_bits(r2, s2));
+    const auto [rs, rd] = qkit::sum_and_dot_reference(a.data(), b.data(), n);
+    const auto [ss, sd] = qkit::sum_and_dot(a.data(), b.data(), n);
+    CHECK(same_bits(rs, ss));
+    CHECK(same_bits(rd, sd));
+
     CHECK(same_bits(qkit::sum_reference(a.data(), n), qkit::sum(a.data(), n)));
     CHECK(same_bits(qkit::dot_reference(a.data(), b.data(), n), qkit::dot(a.data(), b.data(), n)));
     CHECK(same_bits(qkit::sum_squared_deviation_reference(a.data(), n, 0.5f),

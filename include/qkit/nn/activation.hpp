@@ -17,22 +17,21 @@ class relu : public layer_base {
   void for_each_parameter(F&&) {}
 
   template <class Hooks>
-  tensor forward(const tensor& x, Hooks&) {
+  tensor forward(tensor x, Hooks&) {
     tensor y = tensor::from_shape(x.shape());
     qkit::clamp(x.data(), y.data(), x.size(), 0.0f, std::numeric_limits<float>::infinity());
-    x_ = x;
+    x_ = std::move(x);
     return y;
   }
 
   template <class Hooks>
-  tensor backward(const tensor& dy, Hooks&) {
+  tensor backward(tensor dy, Hooks&) {
     QKIT_PRECONDITION(dy.shape() == x_.shape(), shape_error, layer_label(*this),
                       ": output gradient has shape ", shape_string(dy.shape()), ", expected ",
                       shape_string(x_.shape()));
-    tensor dx = tensor::from_shape(dy.shape());
-    qkit::clamp_grad(x_.data(), dy.data(), dx.data(), dy.size(), 0.0f,
+    qkit::clamp_grad(x_.data(), dy.data(), dy.data(), dy.size(), 0.0f,
                      std::numeric_limits<float>::infinity());
-    return dx;
+    return dy;
   }
 
   void clear_cache() { x_ = tensor(); }
@@ -58,21 +57,20 @@ class clip : public layer_base {
   void for_each_parameter(F&&) {}
 
   template <class Hooks>
-  tensor forward(const tensor& x, Hooks&) {
+  tensor forward(tensor x, Hooks&) {
     tensor y = tensor::from_shape(x.shape());
     qkit::clamp(x.data(), y.data(), x.size(), lo_, hi_);
-    x_ = x;
+    x_ = std::move(x);
     return y;
   }
 
   template <class Hooks>
-  tensor backward(const tensor& dy, Hooks&) {
+  tensor backward(tensor dy, Hooks&) {
     QKIT_PRECONDITION(dy.shape() == x_.shape(), shape_error, layer_label(*this),
                       ": output gradient has shape ", shape_string(dy.shape()), ", expected ",
                       shape_string(x_.shape()));
-    tensor dx = tensor::from_shape(dy.shape());
-    qkit::clamp_grad(x_.data(), dy.data(), dx.data(), dy.size(), lo_, hi_);
-    return dx;
+    qkit::clamp_grad(x_.data(), dy.data(), dy.data(), dy.size(), lo_, hi_);
+    return dy;
   }
 
   void clear_cache() { x_ = tensor(); }

@@ -121,18 +121,21 @@ class batch_norm : public layer_base {
             ss += qkit::sum_squared_deviation(x.data() + (n * c_ + c) * P, P, mean);
           var = float(ss / double(M));
           const float unbiased = M > 1.0f ? float(ss / double(M - 1.0f)) : var;
-          mean_(c) = (1.0f - momentum_) * mean_(c) + momentum_ * mean;
-          var_(c) = (1.0f - momentum_) * var_(c) + momentum_ * unbiased;
+          float& rm = mean_.data()[c];
+          float& rv = var_.data()[c];
+          rm = (1.0f - momentum_) * rm + momentum_ * mean;
+          rv = (1.0f - momentum_) * rv + momentum_ * unbiased;
         } else {
-          mean = mean_(c);
-          var = var_(c);
+          mean = mean_.data()[c];
+          var = var_.data()[c];
         }
         const float inv = 1.0f / std::sqrt(var + eps_);
         inv_std_[c] = inv;
+        const float g = gamma.data()[c], b = beta.data()[c];
         for (std::size_t n = 0; n < N; ++n) {
           const std::size_t off = (n * c_ + c) * P;
-          scale_shift_row(x.data() + off, xhat_.data() + off, P, inv, -mean * inv);
-          scale_shift_row(xhat_.data() + off, y.data() + off, P, gamma(c), beta(c));
+          normalize_affine_row(x.data() + off, xhat_.data() + off, y.data() + off, P, inv,
+                               -mean * inv, g, b);
         }
       }
     });
@@ -156,11 +159,12 @@ class batch_norm : public layer_base {
         double sdy = 0.0, sdyx = 0.0;
         for (std::size_t n = 0; n < N; ++n) {
           const std::size_t off = (n * c_ + c) * P;
-          sdy += qkit::sum(dy.data() + off, P);
-          sdyx += qkit::dot(dy.data() + off, xhat_.data() + off, P);
+          const auto [s1, s2] = qkit::sum_and_dot(dy.data() + off, xhat_.data() + off, P);
+          sdy += s1;
+          sdyx += s2;
         }
-        dgamma(c) = float(sdyx);
-        dbeta(c) = float(sdy);
+        dgamma.data()[c] = float(sdyx);
+        dbeta.data()[c] = float(sdy);
         const float k = gamma_used_[c] * inv_std_[c];
         for (std::size_t n = 0; n < N; ++n) {
           const std::size_t off = (n * c_ + c) * P;

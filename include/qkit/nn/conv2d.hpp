@@ -115,8 +115,9 @@ class conv2d : public layer_base {
     return s;
   }
 
+  /// x by value: the layer keeps it for backward, so a moved-in input costs no copy.
   template <class Hooks>
-  tensor forward(const tensor& x, Hooks& h) {
+  tensor forward(tensor x, Hooks& h) {
     detail::check_shape(*this, "input", x.shape(), {0, in_, 0, 0});
     detail::check_shape(*this, "weight", weight_.shape(), {out_, in_ / p_.groups, kh_, kw_});
     if (has_bias_) detail::check_shape(*this, "bias", bias_.shape(), {out_});
@@ -131,7 +132,7 @@ class conv2d : public layer_base {
     const tensor* b = has_bias_ ? &h.param(*this, "bias", bias_) : nullptr;
     tensor y = tensor::from_shape({s.N, out_, s.OH(), s.OW()});
     conv2d_forward(s, x.data(), w.data(), b ? b->data() : nullptr, y.data());
-    x_ = x;
+    x_ = std::move(x);
     // Backward must use the weight forward used; copy it only when the hooks replaced it.
     w_substituted_ = &w != &weight_;
     if (w_substituted_) w_used_ = w;

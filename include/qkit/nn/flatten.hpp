@@ -15,26 +15,24 @@ class flatten : public layer_base {
   void for_each_parameter(F&&) {}
 
   template <class Hooks>
-  tensor forward(const tensor& x, Hooks&) {
+  tensor forward(tensor x, Hooks&) {
     QKIT_PRECONDITION(x.dimension() >= 1, shape_error, layer_label(*this),
                       ": input has shape ", shape_string(x.shape()), ", expected [N, ...]");
     in_shape_.assign(x.shape().begin(), x.shape().end());
     const std::size_t N = x.shape(0);
-    tensor y = x;
-    y.reshape({N, N == 0 ? 0 : x.size() / N});
-    return y;
+    x.reshape({N, N == 0 ? 0 : x.size() / N});
+    return x;
   }
 
   template <class Hooks>
-  tensor backward(const tensor& dy, Hooks&) {
+  tensor backward(tensor dy, Hooks&) {
     std::size_t n = 1;
     for (auto d : in_shape_) n *= d;
     QKIT_PRECONDITION(!in_shape_.empty() && dy.size() == n, shape_error, layer_label(*this),
                       ": output gradient has shape ", shape_string(dy.shape()),
                       ", expected one matching input ", shape_string(in_shape_));
-    tensor dx = dy;
-    dx.reshape(in_shape_);
-    return dx;
+    dy.reshape(in_shape_);
+    return dy;
   }
 
  private:

@@ -334,7 +334,7 @@ tensor forward_impl(Node& node, tensor x, Hooks& h) {
     return y;
   } else {
     static_assert(check_leaf_layer<Node>());
-    tensor y = node.forward(x, h);
+    tensor y = node.forward(std::move(x), h);
     h.output(std::as_const(node), y);
     return y;
   }
@@ -352,18 +352,19 @@ tensor backward_impl(Node& node, tensor dy, Hooks& h) {
     return dy;
   } else if constexpr (is_residual_v<Node>) {
     h.output_grad(std::as_const(node.add_layer()), dy);
-    tensor to_operands = node.add_layer().backward(dy, h);
-    // The gradient splits: one copy through the body, one along the skip; they add up at x.
-    tensor dx = backward_impl(node.body(), to_operands, h);
-    QKIT_PRECONDITION(dx.shape() == to_operands.shape(), shape_error, "residual '", node.name(),
+    // The add passes dy to both operands: one copy goes through the body, one along the
+    // skip; they add up at x.
+    tensor skip = dy;
+    tensor dx = backward_impl(node.body(), std::move(dy), h);
+    QKIT_PRECONDITION(dx.shape() == skip.shape(), shape_error, "residual '", node.name(),
                       "': body input gradient ", shape_string(dx.shape()),
-                      " and skip gradient ", shape_string(to_operands.shape()), " differ");
-    qkit::add(dx.data(), to_operands.data(), dx.data(), dx.size());
+                      " and skip gradient ", shape_string(skip.shape()), " differ");
+    qkit::add(dx.data(), skip.data(), dx.data(), dx.size());
     return dx;
   } else {
     static_assert(check_leaf_layer<Node>());
     h.output_grad(std::as_const(node), dy);
-    return node.backward(dy, h);
+    return node.backward(std::move(dy), h);
   }
 }
 

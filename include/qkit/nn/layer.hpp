@@ -164,10 +164,11 @@ constexpr bool check_leaf_layer() {
                 "qkit::nn::layer_base)");
   static_assert(has_forward<L>,
                 "qkit::nn: a leaf layer needs `template <class Hooks> tensor forward(const "
-                "tensor& x, Hooks& h)`");
+                "tensor& x, Hooks& h)` (or taking `tensor x` by value, to keep it without a copy)");
   static_assert(has_backward<L>,
                 "qkit::nn: a leaf layer needs `template <class Hooks> tensor backward(const "
-                "tensor& dy, Hooks& h)` returning the gradient w.r.t. its input");
+                "tensor& dy, Hooks& h)` (or `tensor dy` by value) returning the gradient w.r.t. "
+                "its input");
   static_assert(has_parameters<L>,
                 "qkit::nn: a leaf layer needs `template <class F> void for_each_parameter(F&& "
                 "f)` calling f(suffix, value, grad-or-nullptr) for each parameter (none is fine)");

@@ -60,7 +60,7 @@ class linear : public layer_base {
   }
 
   template <class Hooks>
-  tensor forward(const tensor& x, Hooks& h) {
+  tensor forward(tensor x, Hooks& h) {
     detail::check_shape(*this, "input", x.shape(), {0, in_});
     detail::check_shape(*this, "weight", weight_.shape(), {out_, in_});
     if (has_bias_) detail::check_shape(*this, "bias", bias_.shape(), {out_});
@@ -74,7 +74,7 @@ class linear : public layer_base {
       for (std::size_t n = 0; n < N; ++n)
         qkit::add(y.data() + n * out_, b.data(), y.data() + n * out_, out_);
     }
-    x_ = x;
+    x_ = std::move(x);
     w_substituted_ = &w != &weight_;
     if (w_substituted_) w_used_ = w;
     else w_used_ = tensor();

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <array>
 #include <cstddef>
+#include <utility>
 
 #include "../config.hpp"
 #include "thread_pool.hpp"
@@ -56,6 +57,16 @@ inline void axpby_shift_reference(const float* a, const float* b, float* y, std:
   for (std::size_t i = 0; i < n; ++i) y[i] = (a[i] * ka + b[i] * kb) + c;
 }
 
+/// x̂ = x * s + t and y = x̂ * g + b in one pass (batch norm's normalize then scale).
+inline void normalize_affine_reference(const float* x, float* xhat, float* y, std::size_t n,
+                                       float s, float t, float g, float b) {
+  for (std::size_t i = 0; i < n; ++i) {
+    const float h = x[i] * s + t;
+    xhat[i] = h;
+    y[i] = h * g + b;
+  }
+}
+
 /// Sum of x in SIMD order: lane j accumulates x[j], x[j + W], ... over the first n - n % W
 /// elements, the lanes are added in order 0..W-1, then the tail in order. This order is what
 /// the SIMD kernel does; the reference spells it out so the two agree bit for bit.
@@ -82,6 +93,12 @@ inline float dot_reference(const float* a, const float* b, std::size_t n) {
   for (std::size_t j = 0; j < W; ++j) s += lanes[j];
   for (std::size_t i = vn; i < n; ++i) s += a[i] * b[i];
   return s;
+}
+
+/// (Σ a, Σ a·b) in one pass, each in the order of sum_reference.
+inline std::pair<float, float> sum_and_dot_reference(const float* a, const float* b,
+                                                     std::size_t n) {
+  return {sum_reference(a, n), dot_reference(a, b, n)};
 }
 
 /// Sum of (x[i] - mean)^2, in the same order as sum_reference (the second pass of a two-pass
@@ -169,6 +186,19 @@ inline void axpby_shift_simd(const float* a, const float* b, float* y, std::size
   axpby_shift_reference(a + vn, b + vn, y + vn, n - vn, ka, kb, c);
 }
 
+inline void normalize_affine_simd(const float* x, float* xhat, float* y, std::size_t n, float s,
+                                  float t, float g, float b) {
+  constexpr std::size_t W = simd_width;
+  const std::size_t vn = n - n % W;
+  const simd<float> vs(s), vt(t), vg(g), vb(b);
+  for (std::size_t i = 0; i < vn; i += W) {
+    const auto h = simd<float>::load_unaligned(x + i) * vs + vt;
+    h.store_unaligned(xhat + i);
+    (h * vg + vb).store_unaligned(y + i);
+  }
+  normalize_affine_reference(x + vn, xhat + vn, y + vn, n - vn, s, t, g, b);
+}
+
 }  // namespace detail
 
 /// Sum of x, in the order sum_reference documents.
@@ -194,6 +224,22 @@ inline float dot(const float* a, const float* b, std::size_t n) {
   return s;
 }
 
+/// (Σ a, Σ a·b) in one pass over a and b (equal to sum_and_dot_reference bit for bit).
+inline std::pair<float, float> sum_and_dot(const float* a, const float* b, std::size_t n) {
+  constexpr std::size_t W = detail::simd_width;
+  const std::size_t vn = n - n % W;
+  simd<float> as(0.0f), ab(0.0f);
+  for (std::size_t i = 0; i < vn; i += W) {
+    const auto va = simd<float>::load_unaligned(a + i);
+    as += va;
+    ab += va * simd<float>::load_unaligned(b + i);
+  }
+  float s = detail::finish_lanes(as), d = detail::finish_lanes(ab);
+  for (std::size_t i = vn; i < n; ++i) s += a[i];
+  for (std::size_t i = vn; i < n; ++i) d += a[i] * b[i];
+  return {s, d};
+}
+
 /// Sum of (x[i] - mean)^2.
 inline float sum_squared_deviation(const float* x, std::size_t n, float mean) {
   constexpr std::size_t W = detail::simd_width;
@@ -215,6 +261,10 @@ inline float sum_squared_deviation(const float* x, std::size_t n, float mean) {
 // Row kernels (single-threaded, for callers that already split work by channel).
 inline void scale_shift_row(const float* x, float* y, std::size_t n, float s, float t) {
   detail::scale_shift_simd(x, y, n, s, t);
+}
+inline void normalize_affine_row(const float* x, float* xhat, float* y, std::size_t n, float s,
+                                 float t, float g, float b) {
+  detail::normalize_affine_simd(x, xhat, y, n, s, t, g, b);
 }
 inline void axpby_shift_row(const float* a, const float* b, float* y, std::size_t n, float ka,
                             float kb, float c) {
