@@ -313,3 +313,20 @@ TEST_CASE("conv2d depthwise: non-finite weights and inputs give what the referen
   CHECK(same(dw, dw_ref) == 0);
   CHECK(same(db, db_ref) == 0);
 }
+
+TEST_CASE("conv2d detail: stride-2 de-interleave and interleave, every tail length") {
+  for (std::size_t pairs = 0; pairs < 40; ++pairs) {
+    std::vector<float> src(2 * pairs + 8), even(pairs + 8, -1.0f), odd(pairs + 8, -1.0f),
+        back(2 * pairs + 8, -1.0f);
+    for (std::size_t i = 0; i < src.size(); ++i) src[i] = float(i);
+    qkit::detail::deinterleave2(src.data(), pairs, even.data(), odd.data());
+    std::size_t bad = 0;
+    for (std::size_t i = 0; i < pairs; ++i)
+      bad += even[i] != float(2 * i) || odd[i] != float(2 * i + 1);
+    for (std::size_t i = pairs; i < even.size(); ++i) bad += even[i] != -1.0f || odd[i] != -1.0f;
+    qkit::detail::interleave2(even.data(), odd.data(), pairs, back.data());
+    for (std::size_t i = 0; i < back.size(); ++i) bad += back[i] != (i < 2 * pairs ? float(i) : -1.0f);
+    INFO("pairs=", pairs);
+    CHECK(bad == 0);
+  }
+}

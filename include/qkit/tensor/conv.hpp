@@ -282,6 +282,17 @@ inline void deinterleave2(const float* src, std::size_t pairs, float* even, floa
     _mm512_storeu_ps(even + i, _mm512_permutex2var_ps(a, ie, b));
     _mm512_storeu_ps(odd + i, _mm512_permutex2var_ps(a, io, b));
   }
+  if (i < pairs) {  // the last r < 16 pairs with masked loads and stores
+    const std::size_t r = pairs - i;
+    const __mmask16 ma = __mmask16((1u << std::min<std::size_t>(2 * r, 16)) - 1);
+    const __mmask16 mb = __mmask16((1u << (2 * r > 16 ? 2 * r - 16 : 0)) - 1);
+    const __mmask16 mr = __mmask16((1u << r) - 1);
+    const __m512 a = _mm512_maskz_loadu_ps(ma, src + 2 * i);
+    const __m512 b = _mm512_maskz_loadu_ps(mb, src + 2 * i + 16);
+    _mm512_mask_storeu_ps(even + i, mr, _mm512_permutex2var_ps(a, ie, b));
+    _mm512_mask_storeu_ps(odd + i, mr, _mm512_permutex2var_ps(a, io, b));
+    return;
+  }
 #endif
   for (; i < pairs; ++i) {
     even[i] = src[2 * i];
@@ -299,6 +310,16 @@ inline void interleave2(const float* even, const float* odd, std::size_t pairs, 
     const __m512 e = _mm512_loadu_ps(even + i), o = _mm512_loadu_ps(odd + i);
     _mm512_storeu_ps(dst + 2 * i, _mm512_permutex2var_ps(e, lo, o));
     _mm512_storeu_ps(dst + 2 * i + 16, _mm512_permutex2var_ps(e, hi, o));
+  }
+  if (i < pairs) {
+    const std::size_t r = pairs - i;
+    const __mmask16 mr = __mmask16((1u << r) - 1);
+    const __mmask16 ma = __mmask16((1u << std::min<std::size_t>(2 * r, 16)) - 1);
+    const __mmask16 mb = __mmask16((1u << (2 * r > 16 ? 2 * r - 16 : 0)) - 1);
+    const __m512 e = _mm512_maskz_loadu_ps(mr, even + i), o = _mm512_maskz_loadu_ps(mr, odd + i);
+    _mm512_mask_storeu_ps(dst + 2 * i, ma, _mm512_permutex2var_ps(e, lo, o));
+    _mm512_mask_storeu_ps(dst + 2 * i + 16, mb, _mm512_permutex2var_ps(e, hi, o));
+    return;
   }
 #endif
   for (; i < pairs; ++i) {
