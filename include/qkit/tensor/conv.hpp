@@ -176,11 +176,15 @@ inline void conv2d_backward_weight_reference(const conv2d_shape& s, const float*
 // ---------------------------------------------------------------------------------------------
 // Fast kernels. Three paths, chosen by shape only (never by thread count):
 //  - one input channel per group (depthwise, with or without a channel multiplier): direct SIMD
-//    loops over a zero-padded copy of each input plane;
-//  - 1×1, stride 1, unpadded: the convolution is a GEMM on the tensors as they are;
+//    loops over a zero-padded, stride-phased copy of each input plane;
+//  - 1×1, stride 1, unpadded: the convolution is a GEMM on the tensors as they are, and the
+//    weight gradient a blocked dot-product kernel;
 //  - everything else: im2col (or col2im) and GEMM.
-// Each output element is produced by one task with a fixed order of accumulation, so results
-// do not depend on the thread count.
+// Planes smaller than small_plane are laid side by side, a chunk of images per GEMM. Each
+// output element is produced by one task with a fixed order of accumulation, so results do
+// not depend on the thread count. The depthwise gradients fall back to the references when
+// a weight (backward data) or an input (backward weight) is NaN or infinite, because their
+// padded grids would otherwise multiply it by the zeros they compute and discard.
 
 namespace detail {
 
@@ -376,7 +380,7 @@ struct phased_plane {
   // phases are stepped incrementally: no division per row.
   template <bool ToPhased>
   void copy_interior(const conv2d_shape& s, const float* src, float* dst) const {
-    const std::size_t HqWq = Hq * Wq, pt = s.p.pad_top, pl = s.p.pad_left;
+    const std::size_t HqWq = Hq * Wq, pt = s.p.pad_top;
     std::size_t rp = pt % sh, rq = pt / sh;  // phase and index of padded row r = h + pt
     for (std::size_t h = 0; h < s.H; ++h) {
       copy_row<ToPhased>(s, h, rp * sw * HqWq + rq * Wq, src, dst);
