@@ -874,8 +874,9 @@ inline void conv2d_backward_weight(const conv2d_shape& s, const float* x, const 
   }
   // dw_g = dy_g · col^T with the batch laid side by side along K, so that one large GEMM
   // (split over dw's tiles only) does the reduction. The batch is taken in chunks of a size
-  // that depends on the shape alone; chunks accumulate in order with beta = 1.
-  const std::size_t chunk = detail::images_per_chunk(s, Kg * P, std::size_t{1} << 22);
+  // that depends on the shape alone (a chunk's im2col stays within L2, 1 MiB, while it is
+  // packed); chunks accumulate in order with beta = 1.
+  const std::size_t chunk = detail::images_per_chunk(s, Kg * P, std::size_t{1} << 18);
   float* col = detail::scratch_buffer<1>(Kg * chunk * P);
   float* dyc = detail::scratch_buffer<2>(Og * chunk * P);
   // The micro-kernel's tile is MR×NR; when Og is narrow (a 1×1 layer with few outputs), the
