@@ -1,0 +1,103 @@
+// examples/models/quantize_pipeline.hpp — the quantization stage of the Fashion-MNIST example,
+// shared with the tests and benchmarks: simulate the trained model at one precision preset,
+// calibrate on training images, measure test accuracy, and export encodings, weights and ONNX.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <filesystem>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include <qkit/sim/quantsim.hpp>
+#if defined(QKIT_WITH_ONNX)
+#include <qkit/sim/quantsim_export.hpp>
+#endif
+
+#include "training.hpp"
+
+namespace fashion {
+
+/// Runs forward(batch) over images in batches; fraction whose arg-max logit equals the label.
+template <class Forward, class Labels>
+double accuracy_of(Forward&& forward, const qkit::tensor& images, const Labels& labels,
+                   std::size_t batch_size = 500) {
+  const std::size_t N = images.shape(0);
+  std::vector<std::size_t> idx(N);
+  std::iota(idx.begin(), idx.end(), std::size_t{0});
+  std::size_t correct = 0;
+  for (std::size_t b = 0; b < N; b += batch_size) {
+    const std::size_t e = std::min(N, b + batch_size);
+    const qkit::tensor logits = forward(gather_batch(images, idx, b, e));
+    for (std::size_t i = b; i < e; ++i)
+      correct += qkit::nn::argmax_row(logits, i - b) == std::size_t(labels[i]);
+  }
+  return N ? double(correct) / double(N) : 0.0;
+}
+
+/// The first `count` images of a fixed seeded shuffle of `images`: the calibration set.
+inline qkit::tensor calibration_images(const qkit::tensor& images, std::size_t count,
+                                       std::uint32_t seed = 2024) {
+  std::vector<std::size_t> idx(images.shape(0));
+  std::iota(idx.begin(), idx.end(), std::size_t{0});
+  std::mt19937 rng(seed);
+  std::shuffle(idx.begin(), idx.end(), rng);
+  return gather_batch(images, idx, 0, std::min(count, idx.size()));
+}
+
+/// Calibrates `sim` on `calib` in batches of `batch_size` (AIMET-style forward callback).
+template <class Sim>
+void calibrate(Sim& sim, const qkit::tensor& calib, std::size_t batch_size = 100) {
+  std::vector<std::size_t> idx(calib.shape(0));
+  std::iota(idx.begin(), idx.end(), std::size_t{0});
+  sim.compute_encodings([&](Sim& s) {
+    for (std::size_t b = 0; b < idx.size(); b += batch_size)
+      (void)s.forward(gather_batch(calib, idx, b, std::min(idx.size(), b + batch_size)));
+  });
+}
+
+struct precision_result {
+  std::string label;
+  double accuracy = 0.0;
+  double calibration_seconds = 0.0;
+  std::filesystem::path exported;  ///< folder with this precision's files ("" if none)
+};
+
+/// "W8A8 per-channel" -> "w8a8_per_channel".
+inline std::string folder_name(std::string label) {
+  for (auto& c : label) c = c == ' ' || c == '-' ? '_' : char(std::tolower(c));
+  return label;
+}
+
+/// Simulates `model` at Preset: calibrate on `calib`, evaluate on the test set, and (if
+/// `out` is not empty) write encodings (AIMET 1.0.0 and 0.6.1), the folded weights and the
+/// ONNX QDQ model into out/<preset>/.
+template <class Preset, class Model, class Labels>
+precision_result simulate_precision(const Model& model, const qkit::tensor& calib,
+                                    const qkit::tensor& test_images, const Labels& test_labels,
+                                    const std::filesystem::path& out = {}) {
+  precision_result r;
+  r.label = Preset::label();
+  const std::vector<std::size_t> first{0};
+  qkit::quantsim<Model, Preset> sim(model, gather_batch(calib, first, 0, 1));
+  const auto t0 = std::chrono::steady_clock::now();
+  calibrate(sim, calib);
+  r.calibration_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  r.accuracy = accuracy_of([&](const qkit::tensor& x) { return sim.forward(x); }, test_images,
+                           test_labels);
+  if (!out.empty()) {
+    r.exported = out / folder_name(r.label);
+    std::filesystem::create_directories(r.exported);
+    sim.export_encodings(r.exported / "encodings.json", qkit::io::format_version::v1_0_0);
+    sim.export_encodings(r.exported / "encodings_0.6.1.json", qkit::io::format_version::v0_6_1);
+    sim.save_weights(r.exported / "weights.npz");
+#if defined(QKIT_WITH_ONNX)
+    qkit::export_onnx(sim, r.exported / "model.onnx");
+#endif
+  }
+  return r;
+}
+
+}  // namespace fashion
