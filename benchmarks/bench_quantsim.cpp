@@ -1,0 +1,79 @@
+// QuantSim's cost on the Fashion-MNIST MobileNet: simulated forward time against the FP32
+// forward of the same (batch-norm folded) model at batch 64 — the ratio is the overhead of the
+// quantize-dequantize work — and the time to compute encodings over 1,000 real training images
+// with min-max and with TF-Enhanced. Timing does not depend on the weights' values, so the model
+// is seeded, not trained.
+#include <benchmark/benchmark.h>
+
+#include <qkit/io/idx.hpp>
+
+#include "../examples/models/fashion_mobilenet.hpp"
+#include "../examples/models/quantize_pipeline.hpp"
+
+namespace {
+
+using model_t = fashion::model_type;
+
+const qkit::tensor& images_1000() {
+  static const qkit::tensor x = [] {
+    auto d = qkit::io::load_fashion_mnist(QKIT_FASHION_MNIST, true, 1000);
+    fashion::normalize(d.images, fashion::pixel_mean, fashion::pixel_std);
+    return d.images;
+  }();
+  return x;
+}
+
+qkit::tensor batch(std::size_t n) {
+  std::vector<std::size_t> idx(n);
+  std::iota(idx.begin(), idx.end(), std::size_t{0});
+  return fashion::gather_batch(images_1000(), idx, 0, n);
+}
+
+model_t seeded_model() {
+  auto m = fashion::make_model();
+  qkit::nn::init_parameters(m, 1);
+  return m;
+}
+
+void set_threads(benchmark::State& state) { qkit::set_num_threads(std::size_t(state.range(1))); }
+
+// FP32 reference: the folded model QuantSim simulates, without quantizers.
+void BM_fp32_forward(benchmark::State& state) {
+  set_threads(state);
+  auto m = seeded_model();
+  qkit::fold_batch_norms(m);
+  const qkit::tensor x = batch(std::size_t(state.range(0)));
+  for (auto _ : state) benchmark::DoNotOptimize(qkit::nn::forward(m, x));
+  state.SetItemsProcessed(state.iterations() * state.range(0));
+}
+
+template <class Preset>
+void BM_quantsim_forward(benchmark::State& state) {
+  set_threads(state);
+  qkit::quantsim<model_t, Preset> sim(seeded_model(), batch(1));
+  fashion::calibrate(sim, batch(200));
+  const qkit::tensor x = batch(std::size_t(state.range(0)));
+  for (auto _ : state) benchmark::DoNotOptimize(sim.forward(x));
+  state.SetItemsProcessed(state.iterations() * state.range(0));
+}
+
+template <class ActRange>
+void BM_compute_encodings_1000(benchmark::State& state) {
+  set_threads(state);
+  qkit::quantsim<model_t, qkit::presets::w8a8, qkit::minmax_range, ActRange> sim(seeded_model(),
+                                                                              batch(1));
+  const qkit::tensor& calib = images_1000();
+  for (auto _ : state) fashion::calibrate(sim, calib);
+  state.SetItemsProcessed(state.iterations() * 1000);
+}
+
+}  // namespace
+
+BENCHMARK(BM_fp32_forward)->Args({64, 1})->Args({64, 2})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_quantsim_forward, qkit::presets::w8a8)->Args({64, 1})->Args({64, 2})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_quantsim_forward, qkit::presets::w8a8_per_channel)->Args({64, 1})->Args({64, 2})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_quantsim_forward, qkit::presets::fp16)->Args({64, 1})->Args({64, 2})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_compute_encodings_1000, qkit::minmax_range)->Args({0, 2})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_compute_encodings_1000, qkit::tf_enhanced_range)->Args({0, 2})->Unit(benchmark::kMillisecond)->UseRealTime();
+
+BENCHMARK_MAIN();
