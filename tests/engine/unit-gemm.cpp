@@ -243,3 +243,24 @@ TEST_CASE("gemm: concurrent calls from several user threads share the pool safel
   qkit::set_num_threads(0);
   for (std::size_t t = 0; t < problems.size(); ++t) CHECK(got[t] == expected[t]);
 }
+
+TEST_CASE("gemm: leading dimensions shorter than a row are shape errors") {
+  std::vector<float> a(64, 1.0f), b(64, 1.0f), c(64, 0.0f);
+  // A is 4×3 (K = 3): lda 2 would make its rows overlap.
+  CHECK_THROWS_AS(qkit::gemm(transpose::no, transpose::no, 4, 2, 3, 1.0f, a.data(), 2, b.data(),
+                             2, 0.0f, c.data(), 2),
+                  qkit::shape_error);
+  // op(A) = Aᵀ with A stored 3×4: lda must cover M = 4.
+  CHECK_THROWS_AS(qkit::gemm(transpose::yes, transpose::no, 4, 2, 3, 1.0f, a.data(), 3, b.data(),
+                             2, 0.0f, c.data(), 2),
+                  qkit::shape_error);
+  CHECK_THROWS_AS(qkit::gemm(transpose::no, transpose::yes, 4, 2, 3, 1.0f, a.data(), 3, b.data(),
+                             2, 0.0f, c.data(), 2),
+                  qkit::shape_error);
+  CHECK_THROWS_AS(qkit::gemm(transpose::no, transpose::no, 4, 2, 3, 1.0f, a.data(), 3, b.data(),
+                             2, 0.0f, c.data(), 1),
+                  qkit::shape_error);
+  CHECK_NOTHROW(qkit::gemm(transpose::no, transpose::no, 4, 2, 3, 1.0f, a.data(), 3, b.data(), 2,
+                           0.0f, c.data(), 2));
+  CHECK(c[0] == 3.0f);
+}

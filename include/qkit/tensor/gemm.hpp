@@ -282,6 +282,13 @@ void gemm_blocked(transpose ta, transpose tb, std::size_t M, std::size_t N, std:
   using cfg = Tile;
   constexpr std::size_t MR = cfg::MR, NR = cfg::NR, KC = cfg::KC;
   if (M == 0 || N == 0) return;
+  QKIT_PRECONDITION(ldc >= N, shape_error, "gemm: ldc (", ldc, ") is less than N (", N, ")");
+  QKIT_PRECONDITION(K == 0 || lda >= (ta == transpose::no ? K : M), shape_error, "gemm: lda (",
+                    lda, ") is less than the row length of A as stored (",
+                    ta == transpose::no ? K : M, ")");
+  QKIT_PRECONDITION(K == 0 || ldb >= (tb == transpose::no ? N : K), shape_error, "gemm: ldb (",
+                    ldb, ") is less than the row length of B as stored (",
+                    tb == transpose::no ? N : K, ")");
   if (K == 0 || alpha == 0.0f) {
     parallel_for(0, M, 64, [&](std::size_t lo, std::size_t hi) {
       for (std::size_t i = lo; i < hi; ++i)
