@@ -18,9 +18,6 @@
 #include "encoding.hpp"
 #include "fp16.hpp"
 
-#if defined(__AVX512F__) || defined(__FMA__)
-#include <immintrin.h>
-#endif
 
 namespace qkit {
 
@@ -36,42 +33,6 @@ enum class rounding {
 
 namespace detail {
 
-/// exact_quotient needs multiply-adds rounded once. xsimd 8.1's fma/fnma for AVX-512 fall back
-/// to a multiply and an add (two roundings), so the fused instructions are called directly.
-#if defined(__AVX512F__) || defined(__FMA__)
-inline constexpr bool has_fused_multiply_add =
-#if defined(__AVX512F__)
-    simd<float>::size == 16 ||
-#endif
-    simd<float>::size == 8 || simd<float>::size == 4;
-#else
-inline constexpr bool has_fused_multiply_add = false;
-#endif
-
-/// a * b + c and c - a * b, each rounded once (only called where has_fused_multiply_add).
-template <class B>
-inline B fused_mul_add(const B& a, const B& b, const B& c) noexcept {
-#if defined(__AVX512F__)
-  if constexpr (B::size == 16) return B(_mm512_fmadd_ps(a, b, c));
-#endif
-#if defined(__FMA__)
-  if constexpr (B::size == 8) return B(_mm256_fmadd_ps(a, b, c));
-  if constexpr (B::size == 4) return B(_mm_fmadd_ps(a, b, c));
-#endif
-  return a * b + c;
-}
-template <class B>
-inline B fused_neg_mul_add(const B& a, const B& b, const B& c) noexcept {
-#if defined(__AVX512F__)
-  if constexpr (B::size == 16) return B(_mm512_fnmadd_ps(a, b, c));
-#endif
-#if defined(__FMA__)
-  if constexpr (B::size == 8) return B(_mm256_fnmadd_ps(a, b, c));
-  if constexpr (B::size == 4) return B(_mm_fnmadd_ps(a, b, c));
-#endif
-  return c - a * b;
-}
-
 /// An int encoding's numbers as the kernels use them: float, checked once per call.
 struct qdq_params {
   float scale = 1.0f;
@@ -80,10 +41,6 @@ struct qdq_params {
   float off = 0.0f;   ///< offset
   float fmin = 0.0f;  ///< AIMET's clamp range [min, max] (round-half-away path)
   float fmax = 0.0f;
-  float recip = 1.0f;  ///< RN(1 / scale), for exact_quotient
-  float xlo = 0.0f;    ///< inputs below scale * (lo - 4) all clamp to lo ...
-  float xhi = 0.0f;    ///< ... and above scale * (hi + 4) to hi
-  bool fast_div = false;
 };
 
 /// What a kernel does with one encoding.
@@ -113,18 +70,11 @@ inline qdq_params params_of(const encoding& e) {
   p.hi = static_cast<float>(e.offset + e.qmax());
   p.fmin = static_cast<float>(e.min);
   p.fmax = static_cast<float>(e.max);
-  p.recip = 1.0f / s;
-  p.xlo = static_cast<float>(static_cast<double>(s) * (static_cast<double>(e.offset) - 4.0));
-  p.xhi = static_cast<float>(static_cast<double>(s) * (static_cast<double>(e.offset + e.qmax()) + 4.0));
-  // exact_quotient needs a fused multiply-add and scales whose quotients and remainders stay
-  // far from overflow and from losing bits below the subnormal range.
-  p.fast_div = has_fused_multiply_add && s >= 0x1p-90f && s <= 0x1p+90f && p.fmin >= p.xlo &&
-               p.fmax <= p.xhi;
   return p;
 }
 
-// One element of each kernel. The SIMD kernels below do the same operations in the same order
-// (clamps as compare-and-select, so a NaN lands on the lowest grid point in both).
+// One element of each kernel. The SIMD kernels below do the same operations in the same order;
+// clamps are written a > b ? a : b, so a NaN lands on the lowest grid point in both.
 
 inline float qdq_even_1(float x, float s, float lo, float hi) noexcept {
   float t = std::nearbyint(x / s);
@@ -134,9 +84,9 @@ inline float qdq_even_1(float x, float s, float lo, float hi) noexcept {
 }
 
 inline float qdq_away_q(float x, float s, float off, float fmin, float fmax) noexcept {
-  float v = std::isnan(x) ? fmin : x;
+  // AIMET clamps to [min, max] with NaN -> min; max-then-min in this order does both.
+  float v = x > fmin ? x : fmin;
   v = v < fmax ? v : fmax;
-  v = v > fmin ? v : fmin;
   return std::round(v / s - off);
 }
 
@@ -150,40 +100,33 @@ inline float even_clamped_1(float x, float s, float lo, float hi) noexcept {
   return t < hi ? t : hi;
 }
 
+/// a > b ? a : b and a < b ? a : b, as the scalar kernels write them (a NaN `a` gives b). x86's
+/// maxps/minps are exactly these, one instruction each; elsewhere compare and select.
+template <class B>
+inline B max_or_second(const B& a, const B& b) noexcept {
+#if defined(__SSE2__)
+  return xsimd::max(a, b);
+#else
+  return xsimd::select(a > b, a, b);
+#endif
+}
+template <class B>
+inline B min_or_second(const B& a, const B& b) noexcept {
+#if defined(__SSE2__)
+  return xsimd::min(a, b);
+#else
+  return xsimd::select(a < b, a, b);
+#endif
+}
+
 template <class B>
 inline B even_clamped(const B& x, const B& s, const B& lo, const B& hi) noexcept {
-  B t = xsimd::nearbyint(x / s);
-  t = xsimd::select(t > lo, t, lo);
-  return xsimd::select(t < hi, t, hi);
+  return min_or_second(max_or_second(xsimd::nearbyint(x / s), lo), hi);
 }
 
 template <class B>
 inline B qdq_even(const B& x, const B& s, const B& lo, const B& hi) noexcept {
   return (even_clamped(x, s, lo, hi) + B(0.0f)) * s;
-}
-
-/// x / s correctly rounded, without a divide instruction (vector division is what limits QDQ
-/// on data in cache). q0 = x * RN(1/s) is within 2 ulps; one FMA correction makes it faithful;
-/// a second is exactly RN(x / s) by Markstein's theorem (y = RN(1/b) within 1/2 ulp, q faithful
-/// => RN(q + (a - b q) y) = RN(a / b), the remainder a - b q being exact). Valid while nothing
-/// overflows or loses bits below the subnormal range: callers bound |x| and s (see fast_div).
-template <class B>
-inline B exact_quotient(const B& x, const B& s, const B& recip) noexcept {
-  const B q0 = x * recip;
-  const B q1 = fused_mul_add(fused_neg_mul_add(q0, s, x), recip, q0);
-  return fused_mul_add(fused_neg_mul_add(q1, s, x), recip, q1);
-}
-
-/// even_clamped with exact_quotient: x is first bounded to [xlo, xhi], beyond which every value
-/// clamps to the same grid end anyway; NaN passes through to the clamp and lands on lo.
-template <class B>
-inline B even_clamped_fast(const B& x, const B& s, const B& recip, const B& xlo, const B& xhi,
-                           const B& lo, const B& hi) noexcept {
-  B v = xsimd::select(x < xlo, xlo, x);
-  v = xsimd::select(v > xhi, xhi, v);
-  B t = xsimd::nearbyint(exact_quotient(v, s, recip));
-  t = xsimd::select(t > lo, t, lo);
-  return xsimd::select(t < hi, t, hi);
 }
 
 /// std::round (halves away from zero) on a batch, exactly: x - trunc(x) is exact in float.
@@ -196,25 +139,13 @@ inline B round_half_away(const B& v) noexcept {
 
 template <class B>
 inline B qdq_away_qv(const B& x, const B& s, const B& off, const B& fmin, const B& fmax) noexcept {
-  B v = xsimd::select(xsimd::isnan(x), fmin, x);
-  v = xsimd::select(v < fmax, v, fmax);
-  v = xsimd::select(v > fmin, v, fmin);
+  const B v = min_or_second(max_or_second(x, fmin), fmax);
   return round_half_away(v / s - off);
 }
 
 template <class B>
 inline B qdq_away(const B& x, const B& s, const B& off, const B& fmin, const B& fmax) noexcept {
   return s * (qdq_away_qv(x, s, off, fmin, fmax) + off);
-}
-
-/// qdq_away_qv with exact_quotient (x is bounded by [fmin, fmax] first).
-template <class B>
-inline B qdq_away_qv_fast(const B& x, const B& s, const B& recip, const B& off, const B& fmin,
-                          const B& fmax) noexcept {
-  B v = xsimd::select(xsimd::isnan(x), fmin, x);
-  v = xsimd::select(v < fmax, v, fmax);
-  v = xsimd::select(v > fmin, v, fmin);
-  return round_half_away(exact_quotient(v, s, recip) - off);
 }
 
 inline void qdq_grid_simd(const float* in, float* out, std::size_t n, const qdq_params& p,
@@ -226,26 +157,12 @@ inline void qdq_grid_simd(const float* in, float* out, std::size_t n, const qdq_
   const B s(p.scale);
   if (r == rounding::half_even) {
     const B lo(p.lo), hi(p.hi);
-    if (p.fast_div) {
-      const B recip(p.recip), xlo(p.xlo), xhi(p.xhi), zero(0.0f);
-      for (; i < nv; i += W)
-        ((even_clamped_fast(B::load_unaligned(in + i), s, recip, xlo, xhi, lo, hi) + zero) * s)
-            .store_unaligned(out + i);
-    } else {
-      for (; i < nv; i += W) qdq_even(B::load_unaligned(in + i), s, lo, hi).store_unaligned(out + i);
-    }
+    for (; i < nv; i += W) qdq_even(B::load_unaligned(in + i), s, lo, hi).store_unaligned(out + i);
     for (; i < n; ++i) out[i] = qdq_even_1(in[i], p.scale, p.lo, p.hi);
   } else {
     const B off(p.off), fmin(p.fmin), fmax(p.fmax);
-    if (p.fast_div) {
-      const B recip(p.recip);
-      for (; i < nv; i += W)
-        (s * (qdq_away_qv_fast(B::load_unaligned(in + i), s, recip, off, fmin, fmax) + off))
-            .store_unaligned(out + i);
-    } else {
-      for (; i < nv; i += W)
-        qdq_away(B::load_unaligned(in + i), s, off, fmin, fmax).store_unaligned(out + i);
-    }
+    for (; i < nv; i += W)
+      qdq_away(B::load_unaligned(in + i), s, off, fmin, fmax).store_unaligned(out + i);
     for (; i < n; ++i) out[i] = qdq_away_1(in[i], p.scale, p.off, p.fmin, p.fmax);
   }
 }
@@ -515,7 +432,6 @@ inline void quantize_simd(const float* in, Int* out, std::size_t n, const storag
   alignas(64) float buf[storage_chunk];
   const qdq_params& p = sp.p;
   const B s(p.scale), lo(p.lo), hi(p.hi), off(p.off), fmin(p.fmin), fmax(p.fmax);
-  const B recip(p.recip), xlo(p.xlo), xhi(p.xhi);
   const std::int64_t base = r == rounding::half_even ? sp.offset : 0;
   for (std::size_t at = 0; at < n; at += storage_chunk) {
     const std::size_t m = std::min(storage_chunk, n - at);
@@ -523,18 +439,10 @@ inline void quantize_simd(const float* in, Int* out, std::size_t n, const storag
     const std::size_t mv = m - m % W;
     std::size_t i = 0;
     if (r == rounding::half_even) {
-      if (p.fast_div)
-        for (; i < mv; i += W)
-          even_clamped_fast(B::load_unaligned(x + i), s, recip, xlo, xhi, lo, hi).store_aligned(buf + i);
-      else
-        for (; i < mv; i += W) even_clamped(B::load_unaligned(x + i), s, lo, hi).store_aligned(buf + i);
+      for (; i < mv; i += W) even_clamped(B::load_unaligned(x + i), s, lo, hi).store_aligned(buf + i);
       for (; i < m; ++i) buf[i] = even_clamped_1(x[i], p.scale, p.lo, p.hi);
     } else {
-      if (p.fast_div)
-        for (; i < mv; i += W)
-          qdq_away_qv_fast(B::load_unaligned(x + i), s, recip, off, fmin, fmax).store_aligned(buf + i);
-      else
-        for (; i < mv; i += W) qdq_away_qv(B::load_unaligned(x + i), s, off, fmin, fmax).store_aligned(buf + i);
+      for (; i < mv; i += W) qdq_away_qv(B::load_unaligned(x + i), s, off, fmin, fmax).store_aligned(buf + i);
       for (; i < m; ++i) buf[i] = qdq_away_q(x[i], p.scale, p.off, p.fmin, p.fmax);
     }
     for (i = 0; i < m; ++i) out[at + i] = to_storage<Int>(buf[i], base, sp);
