@@ -159,7 +159,12 @@ void train(Model& model, const dataset& train_set, const options& o) {
 template <class Model>
 void train_or_load(Model& model, const options& o, const std::filesystem::path& weights) {
   if (!o.retrain && std::filesystem::exists(weights)) {
-    qkit::nn::load_weights(model, weights);
+    try {
+      qkit::nn::load_weights(model, weights);
+    } catch (const qkit::error& e) {
+      throw std::runtime_error(std::string(e.what()) + "\n(delete " + weights.string() +
+                               " or pass --retrain to train a new model)");
+    }
     std::printf("loaded %s (pass --retrain to train again)\n", weights.string().c_str());
     return;
   }
@@ -189,6 +194,7 @@ int run(const options& o) {
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("FP32 test accuracy: %.2f%% (%zu images, %.1f s)\n", 100.0 * acc,
               test_set.images.shape(0), secs);
+  // --train-only stops here; the quantization stages of the pipeline follow this point.
   if (o.train_only) return 0;
   return 0;
 }
