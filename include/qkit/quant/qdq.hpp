@@ -33,14 +33,15 @@ enum class rounding {
 
 namespace detail {
 
-/// An int encoding's numbers as the kernels use them: float, checked once per call.
+/// An int encoding's numbers as the kernels use them: float, checked once per call. No default
+/// member initializers, so per-channel kernels can keep an array of them on the stack cheaply.
 struct qdq_params {
-  float scale = 1.0f;
-  float lo = 0.0f;    ///< lowest grid integer, offset (round-half-even clamp)
-  float hi = 0.0f;    ///< highest grid integer, offset + 2^bw - 1
-  float off = 0.0f;   ///< offset
-  float fmin = 0.0f;  ///< AIMET's clamp range [min, max] (round-half-away path)
-  float fmax = 0.0f;
+  float scale;
+  float lo;    ///< lowest grid integer, offset (round-half-even clamp)
+  float hi;    ///< highest grid integer, offset + 2^bw - 1
+  float off;   ///< offset
+  float fmin;  ///< AIMET's clamp range [min, max] (round-half-away path)
+  float fmax;
 };
 
 /// What a kernel does with one encoding.
@@ -63,7 +64,7 @@ inline qdq_params params_of(const encoding& e) {
                     " must be finite and positive in float (bitwidth ", e.bitwidth, ")");
   QKIT_PRECONDITION(std::isfinite(e.min) && std::isfinite(e.max) && e.min <= e.max, config_error,
                     "encoding range [", e.min, ", ", e.max, "] must be finite with min <= max");
-  qdq_params p;
+  qdq_params p{};
   p.scale = s;
   p.off = static_cast<float>(e.offset);
   p.lo = static_cast<float>(e.offset);
@@ -243,23 +244,44 @@ inline channel_layout channel_layout_of(std::span<const std::size_t> shape, std:
 
 namespace detail {
 
-struct channel_params {
-  std::vector<qdq_kind> kinds;
-  std::vector<qdq_params> params;
-  bool all_grid = true;
-};
+/// Every channel's kind and parameters, validated before any output is written. Up to
+/// `stack_channels` live on the stack: small per-channel calls must not pay for the heap.
+class channel_params {
+ public:
+  static constexpr std::size_t stack_channels = 256;
 
-inline channel_params channel_params_of(const encoding* encs, std::size_t channels) {
-  channel_params c;
-  c.kinds.resize(channels);
-  c.params.resize(channels);
-  for (std::size_t ch = 0; ch < channels; ++ch) {
-    c.kinds[ch] = kind_of(encs[ch]);
-    if (c.kinds[ch] == qdq_kind::grid) c.params[ch] = params_of(encs[ch]);
-    else c.all_grid = false;
+  channel_params(const encoding* encs, std::size_t channels) {
+    if (channels > stack_channels) {
+      heap_kinds_.resize(channels);
+      heap_params_.resize(channels);
+      kinds_ = heap_kinds_.data();
+      params_ = heap_params_.data();
+    }
+    for (std::size_t ch = 0; ch < channels; ++ch) {
+      kinds_[ch] = kind_of(encs[ch]);
+      if (kinds_[ch] == qdq_kind::grid) params_[ch] = params_of(encs[ch]);
+      else all_grid_ = false;
+    }
+    size_ = channels;
   }
-  return c;
-}
+  channel_params(const channel_params&) = delete;
+  channel_params& operator=(const channel_params&) = delete;
+
+  qdq_kind kind(std::size_t ch) const { return kinds_[ch]; }
+  const qdq_params& params(std::size_t ch) const { return params_[ch]; }
+  std::size_t size() const { return size_; }
+  bool all_grid() const { return all_grid_; }
+
+ private:
+  qdq_kind stack_kinds_[stack_channels];
+  qdq_params stack_params_[stack_channels];
+  std::vector<qdq_kind> heap_kinds_;
+  std::vector<qdq_params> heap_params_;
+  qdq_kind* kinds_ = stack_kinds_;
+  qdq_params* params_ = stack_params_;
+  std::size_t size_ = 0;
+  bool all_grid_ = true;
+};
 
 /// Per-element parameters of one [channels, inner] row, for layouts whose inner extent is too
 /// short for a vector: the row then runs as one vector loop with loaded parameters.
@@ -268,7 +290,7 @@ struct row_params {
 };
 
 inline row_params expand_row(const channel_params& cp, std::size_t inner, rounding r) {
-  const std::size_t channels = cp.params.size();
+  const std::size_t channels = cp.size();
   row_params rp;
   const std::size_t len = channels * inner;
   rp.s.resize(len);
@@ -278,7 +300,7 @@ inline row_params expand_row(const channel_params& cp, std::size_t inner, roundi
     rp.c.resize(len);
   }
   for (std::size_t ch = 0; ch < channels; ++ch) {
-    const qdq_params& p = cp.params[ch];
+    const qdq_params& p = cp.params(ch);
     for (std::size_t j = 0; j < inner; ++j) {
       const std::size_t k = ch * inner + j;
       rp.s[k] = p.scale;
@@ -324,8 +346,8 @@ inline void qdq_row_simd(const float* in, float* out, std::size_t len, const row
 inline void qdq_per_channel(const float* in, float* out, std::size_t outer, std::size_t channels,
                             std::size_t inner, const encoding* encs,
                             rounding r = rounding::half_even) {
-  const detail::channel_params cp = detail::channel_params_of(encs, channels);
-  if (cp.all_grid && inner < simd<float>::size && channels * inner >= simd<float>::size) {
+  const detail::channel_params cp(encs, channels);
+  if (cp.all_grid() && inner < simd<float>::size && channels * inner >= simd<float>::size) {
     const detail::row_params rp = detail::expand_row(cp, inner, r);
     const std::size_t len = channels * inner;
     for (std::size_t o = 0; o < outer; ++o) detail::qdq_row_simd(in + o * len, out + o * len, len, rp, r);
@@ -334,10 +356,10 @@ inline void qdq_per_channel(const float* in, float* out, std::size_t outer, std:
   for (std::size_t o = 0; o < outer; ++o) {
     for (std::size_t ch = 0; ch < channels; ++ch) {
       const std::size_t at = (o * channels + ch) * inner;
-      switch (cp.kinds[ch]) {
+      switch (cp.kind(ch)) {
         case detail::qdq_kind::passthrough: detail::copy_floats(in + at, out + at, inner); break;
         case detail::qdq_kind::fp16: fp16_qdq(in + at, out + at, inner); break;
-        case detail::qdq_kind::grid: detail::qdq_grid_simd(in + at, out + at, inner, cp.params[ch], r); break;
+        case detail::qdq_kind::grid: detail::qdq_grid_simd(in + at, out + at, inner, cp.params(ch), r); break;
       }
     }
   }
@@ -386,7 +408,7 @@ inline const char* storage_name() {
 
 /// Storage facts of one encoding: signed storage holds q - 2^(bw-1).
 struct storage_params {
-  qdq_params p;
+  qdq_params p{};
   std::int64_t qmax = 0;
   std::int64_t shift = 0;   ///< 2^(bw-1) for signed storage, 0 for unsigned
   std::int64_t offset = 0;
@@ -619,7 +641,7 @@ inline void ste_mask_simd(const float* x, M* mask, std::size_t n, const encoding
     for (std::size_t i = 0; i < n; ++i) mask[i] = M(1);
     return;
   }
-  qdq_params p;
+  qdq_params p{};
   if (kind == qdq_kind::grid) p = params_of(e);
   const B s(p.scale), lo(p.lo), hi(p.hi), fmin(p.fmin), fmax(p.fmax), one(1.0f), zero(0.0f);
   const B limit(65520.0f);
@@ -668,7 +690,7 @@ inline void ste_mask_scalar(const float* x, M* mask, std::size_t n, const encodi
     for (std::size_t i = 0; i < n; ++i) mask[i] = M(1);
     return;
   }
-  qdq_params p;
+  qdq_params p{};
   if (kind == qdq_kind::grid) p = params_of(e);
   for (std::size_t i = 0; i < n; ++i) {
     const float v = x[i];
