@@ -109,7 +109,7 @@ class batch_norm : public layer_base {
     tensor y = tensor::from_shape(x.shape());
     trained_forward_ = training();
     const float M = float(N * P);
-    parallel_for(0, c_, 1, [&](std::size_t lo, std::size_t hi) {
+    parallel_for(0, c_, grain_for(N * P), [&](std::size_t lo, std::size_t hi) {
       for (std::size_t c = lo; c < hi; ++c) {
         float mean, var;
         if (trained_forward_) {
@@ -154,7 +154,7 @@ class batch_norm : public layer_base {
     const float M = float(N * P);
     tensor dx = tensor::from_shape(dy.shape());
     tensor dgamma = tensor::from_shape({c_}), dbeta = tensor::from_shape({c_});
-    parallel_for(0, c_, 1, [&](std::size_t lo, std::size_t hi) {
+    parallel_for(0, c_, grain_for(N * P), [&](std::size_t lo, std::size_t hi) {
       for (std::size_t c = lo; c < hi; ++c) {
         double sdy = 0.0, sdyx = 0.0;
         for (std::size_t n = 0; n < N; ++n) {

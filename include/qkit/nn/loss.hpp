@@ -45,7 +45,8 @@ cross_entropy_result softmax_cross_entropy(const tensor& logits, const Labels& l
   r.grad = tensor::from_shape({N, K});
   std::vector<double> row_loss(N);
   std::vector<unsigned char> hit(N);
-  parallel_for(0, N, 16, [&](std::size_t lo, std::size_t hi) {
+  // exp() makes a row cost about as much as streaming 8 elements per class.
+  parallel_for(0, N, grain_for(8 * K), [&](std::size_t lo, std::size_t hi) {
     for (std::size_t n = lo; n < hi; ++n) {
       const float* z = logits.data() + n * K;
       float* g = r.grad.data() + n * K;

@@ -21,6 +21,14 @@ inline constexpr std::size_t elementwise_grain = std::size_t{1} << 15;
 inline constexpr std::size_t simd_width = simd<float>::size;
 }  // namespace detail
 
+/// Grain for parallel_for over `items` work items of `work_per_item` elements each: enough
+/// items per chunk that a chunk streams at least elementwise_grain / 2 elements, so small
+/// tensors (batch 1) run on the calling thread instead of paying for a wake-up.
+inline std::size_t grain_for(std::size_t work_per_item) {
+  const std::size_t target = detail::elementwise_grain / 2;
+  return work_per_item >= target ? 1 : (target + work_per_item - 1) / std::max<std::size_t>(work_per_item, 1);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Scalar references.
 

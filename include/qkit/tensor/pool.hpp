@@ -98,7 +98,8 @@ inline void max_pool2d_forward(const pool2d_shape& s, const float* x, float* y,
   s.validate();
   const std::size_t OH = s.OH(), OW = s.OW(), plane = s.H * s.W, oplane = OH * OW;
   const auto& p = s.p;
-  parallel_for(0, s.N * s.C, 1, [&](std::size_t lo, std::size_t hi) {
+  const std::size_t grain = grain_for(plane * s.p.kernel_h * s.p.kernel_w);
+  parallel_for(0, s.N * s.C, grain, [&](std::size_t lo, std::size_t hi) {
     for (std::size_t pl = lo; pl < hi; ++pl) {
       const float* xp = x + pl * plane;
       for (std::size_t oh = 0; oh < OH; ++oh) {
@@ -130,7 +131,8 @@ inline void max_pool2d_backward(const pool2d_shape& s, const float* dy,
                                 const std::uint32_t* argmax, float* dx) {
   s.validate();
   const std::size_t plane = s.H * s.W, oplane = s.OH() * s.OW();
-  parallel_for(0, s.N * s.C, 1, [&](std::size_t lo, std::size_t hi) {
+  const std::size_t grain = grain_for(plane * s.p.kernel_h * s.p.kernel_w);
+  parallel_for(0, s.N * s.C, grain, [&](std::size_t lo, std::size_t hi) {
     for (std::size_t pl = lo; pl < hi; ++pl) {
       float* dxp = dx + pl * plane;
       for (std::size_t i = 0; i < plane; ++i) dxp[i] = 0.0f;
@@ -144,7 +146,8 @@ inline void avg_pool2d_forward(const pool2d_shape& s, const float* x, float* y) 
   s.validate();
   const std::size_t OH = s.OH(), OW = s.OW(), plane = s.H * s.W, oplane = OH * OW;
   const auto& p = s.p;
-  parallel_for(0, s.N * s.C, 1, [&](std::size_t lo, std::size_t hi) {
+  const std::size_t grain = grain_for(plane * s.p.kernel_h * s.p.kernel_w);
+  parallel_for(0, s.N * s.C, grain, [&](std::size_t lo, std::size_t hi) {
     for (std::size_t pl = lo; pl < hi; ++pl) {
       const float* xp = x + pl * plane;
       for (std::size_t oh = 0; oh < OH; ++oh) {
@@ -170,7 +173,8 @@ inline void avg_pool2d_backward(const pool2d_shape& s, const float* dy, float* d
   s.validate();
   const std::size_t OH = s.OH(), OW = s.OW(), plane = s.H * s.W, oplane = OH * OW;
   const auto& p = s.p;
-  parallel_for(0, s.N * s.C, 1, [&](std::size_t lo, std::size_t hi) {
+  const std::size_t grain = grain_for(plane * s.p.kernel_h * s.p.kernel_w);
+  parallel_for(0, s.N * s.C, grain, [&](std::size_t lo, std::size_t hi) {
     for (std::size_t pl = lo; pl < hi; ++pl) {
       float* dxp = dx + pl * plane;
       for (std::size_t i = 0; i < plane; ++i) dxp[i] = 0.0f;
@@ -194,7 +198,7 @@ inline void avg_pool2d_backward(const pool2d_shape& s, const float* dy, float* d
 /// y[plane] = mean of each of `planes` contiguous planes of `plane_size` elements.
 inline void global_avg_pool_forward(std::size_t planes, std::size_t plane_size, const float* x,
                                     float* y) {
-  parallel_for(0, planes, 64, [&](std::size_t lo, std::size_t hi) {
+  parallel_for(0, planes, grain_for(plane_size), [&](std::size_t lo, std::size_t hi) {
     for (std::size_t pl = lo; pl < hi; ++pl)
       y[pl] = sum(x + pl * plane_size, plane_size) / float(plane_size);
   });
@@ -203,7 +207,7 @@ inline void global_avg_pool_forward(std::size_t planes, std::size_t plane_size, 
 /// dx[plane][i] = dy[plane] / plane_size (overwrites dx).
 inline void global_avg_pool_backward(std::size_t planes, std::size_t plane_size, const float* dy,
                                      float* dx) {
-  parallel_for(0, planes, 64, [&](std::size_t lo, std::size_t hi) {
+  parallel_for(0, planes, grain_for(plane_size), [&](std::size_t lo, std::size_t hi) {
     for (std::size_t pl = lo; pl < hi; ++pl) {
       const float g = dy[pl] / float(plane_size);
       float* d = dx + pl * plane_size;
