@@ -330,3 +330,34 @@ TEST_CASE("conv2d detail: stride-2 de-interleave and interleave, every tail leng
     CHECK(bad == 0);
   }
 }
+
+TEST_CASE("conv2d fast paths agree with the references on random shapes") {
+  // Seeded sweep over every hyper-parameter, so that combinations nobody listed get run too.
+  std::mt19937 rng(2024);
+  auto pick = [&](std::size_t lo, std::size_t hi) {
+    return std::uniform_int_distribution<std::size_t>(lo, hi)(rng);
+  };
+  std::size_t tried = 0;
+  while (tried < 60) {
+    qkit::conv2d_params p;
+    p.stride_h = pick(1, 3); p.stride_w = pick(1, 3);
+    p.dilation_h = pick(1, 2); p.dilation_w = pick(1, 2);
+    p.pad_top = pick(0, 2); p.pad_bottom = pick(0, 2);
+    p.pad_left = pick(0, 2); p.pad_right = pick(0, 2);
+    const std::size_t kind = pick(0, 2);  // 0: groups 1, 1: depthwise, 2: two groups
+    const std::size_t C = kind == 2 ? 2 * pick(1, 3) : pick(1, 6);
+    p.groups = kind == 0 ? 1 : kind == 1 ? C : 2;
+    const std::size_t O = kind == 1 ? C * pick(1, 2) : p.groups * pick(1, 4);
+    const std::size_t KH = pick(1, 5), KW = pick(1, 5);
+    auto s = make_shape(pick(1, 3), C, pick(1, 20), pick(1, 40), O, KH, KW, p);
+    bool valid = true;
+    try {
+      s.validate();
+    } catch (const qkit::shape_error&) {
+      valid = false;
+    }
+    if (!valid) continue;
+    ++tried;
+    check_conv_against_reference(s, "random #" + std::to_string(tried), rng);
+  }
+}
