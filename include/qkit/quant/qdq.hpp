@@ -57,6 +57,18 @@ inline qdq_kind kind_of(const encoding& e) {
   return e.is_passthrough() ? qdq_kind::passthrough : qdq_kind::grid;
 }
 
+/// The float parameters of an encoding already checked by params_of.
+inline qdq_params params_unchecked(const encoding& e) noexcept {
+  qdq_params p{};
+  p.scale = static_cast<float>(e.scale);
+  p.off = static_cast<float>(e.offset);
+  p.lo = static_cast<float>(e.offset);
+  p.hi = static_cast<float>(e.offset + e.qmax());
+  p.fmin = static_cast<float>(e.min);
+  p.fmax = static_cast<float>(e.max);
+  return p;
+}
+
 inline qdq_params params_of(const encoding& e) {
   const float s = static_cast<float>(e.scale);
   QKIT_PRECONDITION(std::isfinite(e.scale) && e.scale > 0.0 && std::isfinite(s) && s > 0.0f,
@@ -64,14 +76,7 @@ inline qdq_params params_of(const encoding& e) {
                     " must be finite and positive in float (bitwidth ", e.bitwidth, ")");
   QKIT_PRECONDITION(std::isfinite(e.min) && std::isfinite(e.max) && e.min <= e.max, config_error,
                     "encoding range [", e.min, ", ", e.max, "] must be finite with min <= max");
-  qdq_params p{};
-  p.scale = s;
-  p.off = static_cast<float>(e.offset);
-  p.lo = static_cast<float>(e.offset);
-  p.hi = static_cast<float>(e.offset + e.qmax());
-  p.fmin = static_cast<float>(e.min);
-  p.fmax = static_cast<float>(e.max);
-  return p;
+  return params_unchecked(e);
 }
 
 // One element of each kernel. The SIMD kernels below do the same operations in the same order;
@@ -244,44 +249,31 @@ inline channel_layout channel_layout_of(std::span<const std::size_t> shape, std:
 
 namespace detail {
 
-/// Every channel's kind and parameters, validated before any output is written. Up to
-/// `stack_channels` live on the stack: small per-channel calls must not pay for the heap.
-class channel_params {
- public:
-  static constexpr std::size_t stack_channels = 256;
-
-  channel_params(const encoding* encs, std::size_t channels) {
-    if (channels > stack_channels) {
-      heap_kinds_.resize(channels);
-      heap_params_.resize(channels);
-      kinds_ = heap_kinds_.data();
-      params_ = heap_params_.data();
-    }
-    for (std::size_t ch = 0; ch < channels; ++ch) {
-      kinds_[ch] = kind_of(encs[ch]);
-      if (kinds_[ch] == qdq_kind::grid) params_[ch] = params_of(encs[ch]);
-      else all_grid_ = false;
-    }
-    size_ = channels;
+/// Validates every channel's encoding before any output is written; returns whether all of
+/// them are integer grids (as opposed to pass-through or float16).
+inline bool validate_channels(const encoding* encs, std::size_t channels) {
+  bool all_grid = true;
+  for (std::size_t ch = 0; ch < channels; ++ch) {
+    const encoding& e = encs[ch];
+    const float s = static_cast<float>(e.scale);
+    // The common case, decided without building any error message.
+    const bool plain_grid = e.dtype == qkit::dtype::integer && e.bitwidth >= 2 && e.bitwidth < 32 &&
+                            std::isfinite(s) && s > 0.0f && std::isfinite(e.min) &&
+                            std::isfinite(e.max) && e.min <= e.max;
+    if (plain_grid) continue;
+    if (kind_of(e) == qdq_kind::grid) (void)params_of(e);  // throws the precise error
+    else all_grid = false;
   }
-  channel_params(const channel_params&) = delete;
-  channel_params& operator=(const channel_params&) = delete;
+  return all_grid;
+}
 
-  qdq_kind kind(std::size_t ch) const { return kinds_[ch]; }
-  const qdq_params& params(std::size_t ch) const { return params_[ch]; }
-  std::size_t size() const { return size_; }
-  bool all_grid() const { return all_grid_; }
-
- private:
-  qdq_kind stack_kinds_[stack_channels];
-  qdq_params stack_params_[stack_channels];
-  std::vector<qdq_kind> heap_kinds_;
-  std::vector<qdq_params> heap_params_;
-  qdq_kind* kinds_ = stack_kinds_;
-  qdq_params* params_ = stack_params_;
-  std::size_t size_ = 0;
-  bool all_grid_ = true;
-};
+/// One channel's run of `inner` values (encoding already validated).
+inline void qdq_block(const float* in, float* out, std::size_t inner, const encoding& e,
+                      rounding r) noexcept {
+  if (e.dtype == qkit::dtype::floating) fp16_qdq(in, out, inner);
+  else if (e.is_passthrough()) copy_floats(in, out, inner);
+  else qdq_grid_simd(in, out, inner, params_unchecked(e), r);
+}
 
 /// Per-element parameters of one [channels, inner] row, for layouts whose inner extent is too
 /// short for a vector: the row then runs as one vector loop with loaded parameters.
@@ -289,8 +281,8 @@ struct row_params {
   std::vector<float> s, a, b, c;  // scale, then lo/hi (half_even) or off/fmin/fmax
 };
 
-inline row_params expand_row(const channel_params& cp, std::size_t inner, rounding r) {
-  const std::size_t channels = cp.size();
+inline row_params expand_row(const encoding* encs, std::size_t channels, std::size_t inner,
+                             rounding r) {
   row_params rp;
   const std::size_t len = channels * inner;
   rp.s.resize(len);
@@ -300,7 +292,7 @@ inline row_params expand_row(const channel_params& cp, std::size_t inner, roundi
     rp.c.resize(len);
   }
   for (std::size_t ch = 0; ch < channels; ++ch) {
-    const qdq_params& p = cp.params(ch);
+    const qdq_params p = params_unchecked(encs[ch]);
     for (std::size_t j = 0; j < inner; ++j) {
       const std::size_t k = ch * inner + j;
       rp.s[k] = p.scale;
@@ -346,23 +338,18 @@ inline void qdq_row_simd(const float* in, float* out, std::size_t len, const row
 inline void qdq_per_channel(const float* in, float* out, std::size_t outer, std::size_t channels,
                             std::size_t inner, const encoding* encs,
                             rounding r = rounding::half_even) {
-  const detail::channel_params cp(encs, channels);
-  if (cp.all_grid() && inner < simd<float>::size && channels * inner >= simd<float>::size) {
-    const detail::row_params rp = detail::expand_row(cp, inner, r);
+  const bool all_grid = detail::validate_channels(encs, channels);
+  if (all_grid && inner < simd<float>::size && channels * inner >= simd<float>::size) {
+    const detail::row_params rp = detail::expand_row(encs, channels, inner, r);
     const std::size_t len = channels * inner;
     for (std::size_t o = 0; o < outer; ++o) detail::qdq_row_simd(in + o * len, out + o * len, len, rp, r);
     return;
   }
-  for (std::size_t o = 0; o < outer; ++o) {
+  for (std::size_t o = 0; o < outer; ++o)
     for (std::size_t ch = 0; ch < channels; ++ch) {
       const std::size_t at = (o * channels + ch) * inner;
-      switch (cp.kind(ch)) {
-        case detail::qdq_kind::passthrough: detail::copy_floats(in + at, out + at, inner); break;
-        case detail::qdq_kind::fp16: fp16_qdq(in + at, out + at, inner); break;
-        case detail::qdq_kind::grid: detail::qdq_grid_simd(in + at, out + at, inner, cp.params(ch), r); break;
-      }
+      detail::qdq_block(in + at, out + at, inner, encs[ch], r);
     }
-  }
 }
 
 /// Scalar reference of qdq_per_channel.
