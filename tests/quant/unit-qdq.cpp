@@ -324,6 +324,16 @@ TEST_CASE("qdq_per_channel: shape and axis") {
                        doctest::Contains("axis 3 is out of range for a tensor of rank 3"),
                        qkit::config_error);
   CHECK_THROWS_AS(qkit::qdq_per_channel(x.data(), got.data(), shape, -4, encs), qkit::config_error);
+  // A bad encoding in any channel is reported before anything is written.
+  auto bad = encs;
+  bad[2].scale = 0.0;
+  std::vector<float> untouched(24, 7.0f);
+  CHECK_THROWS_AS(qkit::qdq_per_channel(x.data(), untouched.data(), shape, 1, bad), qkit::config_error);
+  CHECK(untouched == std::vector<float>(24, 7.0f));
+  bad[2] = encs[2];
+  bad[1].bitwidth = 40;
+  CHECK_THROWS_AS(qkit::qdq_per_channel(x.data(), untouched.data(), 2, 3, 4, bad.data()), qkit::config_error);
+  CHECK(untouched == std::vector<float>(24, 7.0f));
   encs.pop_back();
   CHECK_THROWS_WITH_AS(qkit::qdq_per_channel(x.data(), got.data(), shape, 1, encs),
                        doctest::Contains("3 channels but 2 encodings"), qkit::shape_error);
