@@ -4,6 +4,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdio>
 #include <cstddef>
 #include <filesystem>
 #include <numeric>
@@ -98,6 +99,45 @@ precision_result simulate_precision(const Model& model, const qkit::tensor& cali
 #endif
   }
   return r;
+}
+
+/// The example's table: QuantSim at FP32, W16A16, W8A16, W8A8, W4A8 (per-tensor and
+/// per-channel weights) and FP16, calibrated on 1,000 training images, with test accuracy per
+/// precision; each precision's encodings, weights and ONNX model go to out/<precision>/.
+template <class Model, class Labels>
+std::vector<precision_result> precision_table(const Model& model, const qkit::tensor& train_images,
+                                              const qkit::tensor& test_images,
+                                              const Labels& test_labels,
+                                              const std::filesystem::path& out) {
+  namespace p = qkit::presets;
+  const qkit::tensor calib = calibration_images(train_images, 1000);
+  std::vector<precision_result> rows;
+  std::printf("\n%-22s %10s %12s\n", "precision", "accuracy", "calibration");
+  auto run = [&](auto preset) {
+    rows.push_back(simulate_precision<decltype(preset)>(model, calib, test_images, test_labels, out));
+    const auto& r = rows.back();
+    std::printf("%-22s %9.2f%% %10.2f s\n", r.label.c_str(), 100.0 * r.accuracy,
+                r.calibration_seconds);
+    std::fflush(stdout);
+  };
+  run(p::fp32{});
+  run(p::w16a16{});
+  run(p::w16a16_per_channel{});
+  run(p::w8a16{});
+  run(p::w8a16_per_channel{});
+  run(p::w8a8{});
+  run(p::w8a8_per_channel{});
+  run(p::w4a8{});
+  run(p::w4a8_per_channel{});
+  run(p::fp16{});
+  std::printf("\nencodings (AIMET 1.0.0 and 0.6.1), folded weights (.npz)%s written to %s/<precision>/\n",
+#if defined(QKIT_WITH_ONNX)
+              " and ONNX QDQ models",
+#else
+              " (ONNX export needs QKIT_WITH_ONNX)",
+#endif
+              out.string().c_str());
+  return rows;
 }
 
 }  // namespace fashion
