@@ -99,3 +99,20 @@ TEST_CASE("quantsim exports to ONNX QDQ that ONNX Runtime runs like the simulati
   check_export<presets::w16a16>("w16a16");
   check_export<presets::fp16>("fp16");
 }
+
+TEST_CASE("ONNX export refuses a grid whose zero point its storage cannot hold") {
+  io::export_graph g;
+  g.name = "zp";
+  g.input_name = "x";
+  g.input_shape = {-1, 4};
+  g.output_name = "y";
+  g.output_shape = {-1, 4};
+  g.nodes.push_back({"Relu", "relu", {"x"}, {"y"}, {}});
+  // AIMET's rule gives [0.5, 1.5] at 8 bits offset +128: zero point -128, not a uint8.
+  g.quantized["x"] = {{encoding_from_range(0.5, 1.5, 8, scheme::asymmetric)}, -1};
+  const fs::path path = fs::path(QKIT_TEST_OUTPUT) / "sim_onnx" / "zp.onnx";
+  fs::create_directories(path.parent_path());
+  CHECK_THROWS_WITH_AS(io::write_onnx(g, path), doctest::Contains("outside its 8-bit unsigned storage"),
+                       config_error);
+  CHECK_FALSE(fs::exists(path));
+}

@@ -233,3 +233,74 @@ TEST_CASE("quantsim calibration and validation errors") {
   CHECK_THROWS_WITH_AS(quantsim(lone_bn, random_input(1, 1)),
                        doctest::Contains("BatchNormalization '0' cannot be folded"), config_error);
 }
+
+TEST_CASE("quantsim never touches the caller's layers and needs unique names") {
+  nn::conv2d c(1, 2, 3, {.bias = false});
+  nn::batch_norm bn(2);
+  auto by_ref = nn::sequential(std::ref(c), std::ref(bn), nn::relu(), nn::global_avg_pool(),
+                               nn::flatten());
+  nn::init_parameters(by_ref, 1);
+  const tensor w_before = c.weight();
+  CHECK_THROWS_WITH_AS(quantsim(by_ref, random_input(1, 1)), doctest::Contains("held by std::ref"),
+                       config_error);
+  CHECK(c.weight() == w_before);
+  CHECK_FALSE(bn.folded());
+
+  auto dup = nn::sequential(nn::named("a", nn::conv2d(1, 2, 3)), nn::named("a", nn::relu()),
+                            nn::global_avg_pool(), nn::flatten());
+  nn::init_parameters(dup, 1);
+  CHECK_THROWS_WITH_AS(quantsim(dup, random_input(1, 1)),
+                       doctest::Contains("layer name 'a' is used by 2 layers"), config_error);
+
+  auto reserved = nn::sequential(nn::named("input", nn::conv2d(1, 2, 3)), nn::relu(),
+                                 nn::global_avg_pool(), nn::flatten());
+  nn::init_parameters(reserved, 1);
+  CHECK_THROWS_WITH_AS(quantsim(reserved, random_input(1, 1)),
+                       doctest::Contains("layer name 'input' is reserved"), config_error);
+}
+
+TEST_CASE("quantsim load_encodings is all or nothing") {
+  auto model = make_model();
+  quantsim sim(model, random_input(2, 1));
+  calibrate(sim);
+  const tensor x = random_input(4, 9);
+  const tensor before = sim.forward(x);
+  auto file = sim.encodings();
+  for (auto& [name, encs] : file.param_encodings)
+    for (auto& e : encs) e = encoding_from_range(-2.0, 2.0, e.bitwidth, scheme::symmetric_signed);
+  auto& act = file.activation_encodings.at("7");
+  act.push_back(act.front());  // two encodings for a per-tensor activation: invalid
+  const fs::path p = out_dir() / "half_bad.json";
+  io::write_encodings(file, p, io::format_version::v0_6_1);
+  CHECK_THROWS_WITH_AS(sim.load_encodings(p), doctest::Contains("activation '7' has 2 encodings"),
+                       format_error);
+  CHECK_FALSE(sim.param_quantizer("0.weight").frozen());
+  CHECK(bit_identical(sim.forward(x), before));
+}
+
+TEST_CASE("quantsim honours AIMET's encoding_constraints") {
+  auto model = make_model();
+  sim_config cfg = default_sim_config();
+  cfg.op_type["Gemm"].encoding_constraints = std::pair{-1.0, 1.0};
+  quantsim sim(model, random_input(2, 1), cfg);
+  calibrate(sim);
+  const auto& q = sim.activation_quantizer("7");
+  CHECK(q.frozen());
+  CHECK(q.encodings()[0].min == doctest::Approx(-1.0).epsilon(0.01));
+  CHECK(q.encodings()[0].max == doctest::Approx(1.0).epsilon(0.01));
+  const tensor y = sim.forward(random_input(8, 3));
+  for (auto v : y) CHECK(std::fabs(v) <= 1.01f);
+}
+
+TEST_CASE("strict symmetric grids stop at their max in both rounding modes") {
+  const encoding e = encoding_from_range(-1.0, 1.0, 8, scheme::strict_symmetric);
+  CHECK(e.offset == -127);
+  const float x[3] = {2.0f, -2.0f, 0.5f};
+  float y[3];
+  for (auto r : {rounding::half_even, rounding::half_away}) {
+    qdq(x, y, 3, e, r);
+    CHECK(y[0] == doctest::Approx(e.max));
+    CHECK(y[1] == doctest::Approx(e.min));
+    CHECK(std::fabs(y[0]) == doctest::Approx(std::fabs(y[1])));
+  }
+}

@@ -115,8 +115,21 @@ inline onnx_storage pick_storage(const encoding& e, bool want_signed, const std:
   return s;
 }
 
-inline std::int64_t zero_point(const encoding& e, const onnx_storage& s) {
-  return s.is_signed ? e.zero_point_signed() : e.zero_point_unsigned();
+/// The zero point in storage `s`. AIMET's rule lets a range that does not contain zero have a
+/// positive offset, whose zero point lies outside the storage type: ONNX cannot express that
+/// grid, so it is an error rather than a silently wrapped integer.
+inline std::int64_t zero_point(const encoding& e, const onnx_storage& s,
+                               const std::string& what = "tensor") {
+  const std::int64_t zp = s.is_signed ? e.zero_point_signed() : e.zero_point_unsigned();
+  const std::int64_t lo = s.is_signed ? -(std::int64_t{1} << (s.bits - 1)) : 0;
+  const std::int64_t hi = s.is_signed ? (std::int64_t{1} << (s.bits - 1)) - 1
+                                      : (std::int64_t{1} << s.bits) - 1;
+  QKIT_PRECONDITION(zp >= lo && zp <= hi, config_error, what, ": ", e.bitwidth,
+                    "-bit encoding with offset ", e.offset, " has zero point ", zp,
+                    ", outside its ", s.bits, "-bit ", s.is_signed ? "signed" : "unsigned",
+                    " storage [", lo, ", ", hi, "]; ONNX QuantizeLinear cannot represent a grid "
+                    "that does not contain zero");
+  return zp;
 }
 
 template <class Int>
@@ -154,7 +167,7 @@ inline void add_scale_zero_point(onnx::GraphProto& g, const std::string& scale_n
   std::vector<std::int64_t> zps;
   for (const auto& e : encs) {
     scales.push_back(static_cast<float>(e.scale));
-    zps.push_back(zero_point(e, s));
+    zps.push_back(zero_point(e, s, scale_name));
   }
   std::vector<std::int64_t> dims;
   if (encs.size() > 1) dims.push_back(static_cast<std::int64_t>(encs.size()));

@@ -57,13 +57,25 @@ inline qdq_kind kind_of(const encoding& e) {
   return e.is_passthrough() ? qdq_kind::passthrough : qdq_kind::grid;
 }
 
+/// The highest integer (on the offset-shifted grid) the encoding represents. Usually
+/// offset + 2^bw - 1; a grid whose recorded max stops short of that — strict symmetric,
+/// [-127, 127]·scale at 8 bits — ends at its max, as AIMET's core clamps to [min, max].
+inline std::int64_t top_step(const encoding& e) noexcept {
+  const std::int64_t full = e.offset + e.qmax();
+  if (!(e.max > e.min) || !(e.scale > 0.0)) return full;
+  const double t = std::round(e.max / e.scale);
+  if (t >= static_cast<double>(e.offset + 1) && t < static_cast<double>(full))
+    return static_cast<std::int64_t>(t);
+  return full;
+}
+
 /// The float parameters of an encoding already checked by params_of.
 inline qdq_params params_unchecked(const encoding& e) noexcept {
   qdq_params p{};
   p.scale = static_cast<float>(e.scale);
   p.off = static_cast<float>(e.offset);
   p.lo = static_cast<float>(e.offset);
-  p.hi = static_cast<float>(e.offset + e.qmax());
+  p.hi = static_cast<float>(top_step(e));
   p.fmin = static_cast<float>(e.min);
   p.fmax = static_cast<float>(e.max);
   return p;
@@ -414,7 +426,7 @@ inline storage_params storage_params_of(const encoding& e) {
                     std::min(bits, 31), " bits)");
   storage_params sp;
   sp.p = params_of(e);
-  sp.qmax = e.qmax();
+  sp.qmax = top_step(e) - e.offset;
   sp.shift = std::is_signed_v<Int> ? (std::int64_t{1} << (e.bitwidth - 1)) : 0;
   sp.offset = e.offset;
   return sp;

@@ -159,11 +159,15 @@ class quantsim {
     return nn::forward(*model_, x, h);
   }
 
-  /// Calibrates: callback(*this) runs representative data through forward(); statistics are
-  /// gathered in float (no quantization during the pass, as AIMET does), then every enabled,
-  /// unfrozen quantizer gets its encodings. Parameter encodings come from the weights.
+  /// Calibrates: parameter encodings come from the weights; then callback(*this) runs
+  /// representative data through forward() with quantized parameters and float activations
+  /// (AIMET's calibration pass) while activation statistics gather; then every enabled,
+  /// unfrozen activation quantizer gets its encodings.
   template <class Callback>
   void compute_encodings(Callback&& callback) {
+    // As in AIMET, parameters are quantized during the calibration pass (their encodings come
+    // from the weights first); only activations pass through while their statistics gather.
+    compute_param_encodings();
     for (auto& q : acts_)
       if (!q.frozen()) q.reset_statistics();
     calibrating_ = true;
@@ -174,7 +178,6 @@ class quantsim {
       throw;
     }
     calibrating_ = false;
-    compute_param_encodings();
     for (auto& q : acts_) {
       if (!q.enabled() || q.frozen()) continue;
       if (q.settings().dtype == dtype::integer && q.bitwidth() >= 32) continue;
@@ -186,12 +189,13 @@ class quantsim {
     }
   }
 
-  /// Recomputes parameter encodings from the current weights (unfrozen ones only). QAT calls
-  /// this every step; compute_encodings calls it too.
+  /// Recomputes parameter encodings from the current weights (enabled, unfrozen ones). QAT
+  /// calls this every step; compute_encodings calls it first. Call it again after enabling a
+  /// parameter quantizer that was off.
   void compute_param_encodings() {
     for (std::size_t i = 0; i < params_.size(); ++i) {
       auto& q = params_[i];
-      if (q.frozen()) continue;
+      if (q.frozen() || !q.enabled()) continue;
       q.reset_statistics();
       if (q.settings().dtype == dtype::integer && q.bitwidth() >= 32) continue;
       q.observe(*param_values_[i]);
@@ -333,12 +337,22 @@ class quantsim {
                         params_[i].per_channel() ? "per-channel" : "per-tensor",
                         " quantizer expects ", want);
     }
-    for (auto& [name, encs] : f.param_encodings) set_and_freeze_encodings(name, encs);
-    for (auto& [name, encs] : f.activation_encodings) {
+    for (const auto& [name, encs] : f.activation_encodings)
       QKIT_PRECONDITION(encs.size() == 1, format_error, path.string(), ": activation '", name,
                         "' has ", encs.size(), " encodings, expected one");
-      set_and_freeze_encodings(name, encs);
-    }
+    // Install on copies and swap them in only when every quantizer took its encodings, so a
+    // file that fails half way leaves the simulation as it was.
+    auto acts = acts_;
+    auto params = params_;
+    auto install = [&](auto& q, const std::vector<encoding>& encs) {
+      q.unfreeze();
+      q.set_encodings(encs);
+      q.freeze();
+    };
+    for (const auto& [name, encs] : f.param_encodings) install(params[param_index_.at(name)], encs);
+    for (const auto& [name, encs] : f.activation_encodings) install(acts[act_index_.at(name)], encs);
+    acts_ = std::move(acts);
+    params_ = std::move(params);
   }
 
   /// Saves the simulated (batch-norm folded) model's float weights as .npz, keyed by name.
@@ -403,7 +417,6 @@ class quantsim {
   }
 
   const tensor& quantized_param(const void* layer, std::string_view name, const tensor& value) {
-    if (calibrating_) return value;
     auto it = slots_.find(layer);
     if (it == slots_.end()) return value;
     leaf_slot& slot = it->second;
@@ -469,6 +482,15 @@ class quantsim {
       leaf_slot slot;
       slot.output = static_cast<int>(acts_.size());
       add_activation(node.output, op.output_quantized, op.scheme, act_proto);
+      if (auto it = config_.op_type.find(node.op_type);
+          it != config_.op_type.end() && it->second.encoding_constraints &&
+          Preset::activation_dtype == dtype::integer && Preset::activation_bitwidth < 32) {
+        // AIMET's encoding_constraints: the op's output range is fixed, not calibrated.
+        const auto [lo, hi] = *it->second.encoding_constraints;
+        auto& q = acts_.back();
+        q.set_encoding(encoding_from_range(lo, hi, Preset::activation_bitwidth, op.scheme));
+        q.freeze();
+      }
       leaf.for_each_parameter([&](std::string_view suffix, tensor& value, tensor* grad) {
         if (!grad) return;  // running statistics are state, not parameters
         const std::string kind(suffix);
