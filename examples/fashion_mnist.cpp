@@ -2,7 +2,10 @@
 // examples/models/fashion_mobilenet.hpp on the 60,000 training images (SGD with Nesterov
 // momentum, cosine learning rate, flip/shift augmentation), evaluates it on the 10,000 test
 // images and saves its weights to OUT/fashion_mobilenet.npz. A saved model is reloaded instead
-// of retrained unless --retrain is given, so later stages start in seconds.
+// of retrained unless --retrain is given, so later stages start in seconds. Then QuantSim
+// simulates it at FP32, W16A16, W8A16, W8A8, W4A8 (per-tensor and per-channel weights) and
+// FP16, calibrated on 1,000 training images, prints test accuracy per precision, and exports
+// each precision's encodings, weights and ONNX QDQ model into OUT/<precision>/.
 //
 //   fashion_mnist --data /usr/share/datasets/fashion-mnist --out out [--epochs N] [--retrain]
 //                 [--train-only] [--threads N] [--seed S]
@@ -19,6 +22,7 @@
 #include <qkit/nn/nn.hpp>
 
 #include "models/fashion_mobilenet.hpp"
+#include "models/quantize_pipeline.hpp"
 #include "models/training.hpp"
 
 namespace {
@@ -194,8 +198,12 @@ int run(const options& o) {
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("FP32 test accuracy: %.2f%% (%zu images, %.1f s)\n", 100.0 * acc,
               test_set.images.shape(0), secs);
-  // --train-only stops here; the quantization stages of the pipeline follow this point.
   if (o.train_only) return 0;
+
+  // QuantSim at every precision preset, calibrated on 1,000 training images; each precision's
+  // encodings, folded weights and ONNX model are written to OUT/<precision>/.
+  const dataset train_set = load_split(o.data_dir, true);
+  fashion::precision_table(model, train_set.images, test_set.images, test_set.labels, o.out_dir);
   return 0;
 }
 
