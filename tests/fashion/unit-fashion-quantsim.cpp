@@ -99,7 +99,7 @@ template <class Sim>
 void compare_with_ort(Sim& sim, const std::string& name, const std::string& opt,
                       double min_agreement, double max_steps) {
   const fs::path path = out_dir() / (name + ".onnx");
-  if (!fs::exists(path)) export_onnx(sim, path);
+  export_onnx(sim, path);
   const tensor& x = data().test.images;
   const tensor y = sim.forward(x);
   std::vector<float> in(x.begin(), x.end()), out;
