@@ -20,23 +20,6 @@
 
 namespace fashion {
 
-/// Runs forward(batch) over images in batches; fraction whose arg-max logit equals the label.
-template <class Forward, class Labels>
-double accuracy_of(Forward&& forward, const qkit::tensor& images, const Labels& labels,
-                   std::size_t batch_size = 500) {
-  const std::size_t N = images.shape(0);
-  std::vector<std::size_t> idx(N);
-  std::iota(idx.begin(), idx.end(), std::size_t{0});
-  std::size_t correct = 0;
-  for (std::size_t b = 0; b < N; b += batch_size) {
-    const std::size_t e = std::min(N, b + batch_size);
-    const qkit::tensor logits = forward(gather_batch(images, idx, b, e));
-    for (std::size_t i = b; i < e; ++i)
-      correct += qkit::nn::argmax_row(logits, i - b) == std::size_t(labels[i]);
-  }
-  return N ? double(correct) / double(N) : 0.0;
-}
-
 /// The first `count` images of a fixed seeded shuffle of `images`: the calibration set.
 inline qkit::tensor calibration_images(const qkit::tensor& images, std::size_t count,
                                        std::uint32_t seed = 2024) {

@@ -62,22 +62,31 @@ std::vector<int> gather_labels(const Labels& labels, const std::vector<std::size
   return out;
 }
 
-/// Fraction of images whose arg-max logit equals the label, in inference mode, in batches.
-template <class Model, class Labels>
-double evaluate(Model& model, const qkit::tensor& images, const Labels& labels,
-                std::size_t batch_size = 500) {
-  qkit::nn::set_training(model, false);
+/// Runs forward(batch) over images in batches; the fraction whose arg-max logit equals the
+/// label. Works for any forward: a model's, or a QuantSim's.
+template <class Forward, class Labels>
+double accuracy_of(Forward&& forward, const qkit::tensor& images, const Labels& labels,
+                   std::size_t batch_size = 500) {
   const std::size_t N = images.shape(0);
   std::vector<std::size_t> idx(N);
   std::iota(idx.begin(), idx.end(), std::size_t{0});
   std::size_t correct = 0;
   for (std::size_t b = 0; b < N; b += batch_size) {
     const std::size_t e = std::min(N, b + batch_size);
-    const qkit::tensor logits = qkit::nn::forward(model, gather_batch(images, idx, b, e));
+    const qkit::tensor logits = forward(gather_batch(images, idx, b, e));
     for (std::size_t i = b; i < e; ++i)
       correct += qkit::nn::argmax_row(logits, i - b) == std::size_t(labels[i]);
   }
   return N ? double(correct) / double(N) : 0.0;
+}
+
+/// The model's accuracy in inference mode.
+template <class Model, class Labels>
+double evaluate(Model& model, const qkit::tensor& images, const Labels& labels,
+                std::size_t batch_size = 500) {
+  qkit::nn::set_training(model, false);
+  return accuracy_of([&](const qkit::tensor& x) { return qkit::nn::forward(model, x); }, images,
+                     labels, batch_size);
 }
 
 /// Progress of a training epoch, reported after every batch.
