@@ -5,6 +5,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <exception>
@@ -32,10 +33,11 @@ class thread_pool {
   void resize(std::size_t threads) {
     if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
     if (threads == size() && started_) return;
+    std::lock_guard submit(submit_mutex_);
     stop();
     started_ = true;
-    stopping_ = false;
-    generation_ = 0;
+    stopping_.store(false);
+    generation_.store(0);
     for (std::size_t i = 1; i < threads; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
   }
 
@@ -54,19 +56,25 @@ class thread_pool {
     // The pool runs one job at a time: callers on other threads (two user threads each
     // calling a kernel) wait their turn instead of overwriting each other's job.
     std::lock_guard submit(submit_mutex_);
-    std::unique_lock lock(mutex_);
     job_ = &fn;
     job_begin_ = begin;
     job_end_ = end;
     job_chunks_ = chunks;
-    pending_ = chunks - 1;
     error_ = nullptr;
-    ++generation_;
-    lock.unlock();
+    // Every worker acknowledges every job (running a chunk or not), so no worker can still be
+    // reading this job's fields when the next one is written.
+    pending_.store(workers_.size(), std::memory_order_relaxed);
+    {
+      std::lock_guard g(mutex_);  // a worker about to sleep cannot miss the new generation
+      generation_.fetch_add(1, std::memory_order_release);
+    }
     cv_.notify_all();
     run_chunk(0);
-    lock.lock();
-    done_cv_.wait(lock, [this] { return pending_ == 0; });
+    // Kernels issue many short parallel regions back to back: spin briefly before sleeping.
+    if (!spin_until([this] { return pending_.load(std::memory_order_acquire) == 0; })) {
+      std::unique_lock lock(mutex_);
+      done_cv_.wait(lock, [this] { return pending_.load(std::memory_order_acquire) == 0; });
+    }
     job_ = nullptr;
     if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
   }
@@ -75,6 +83,18 @@ class thread_pool {
   static bool& in_parallel_region() {
     thread_local bool flag = false;
     return flag;
+  }
+
+  // Busy-waits up to about 50 microseconds for cond(); true if it became true.
+  template <class Cond>
+  static bool spin_until(Cond cond) {
+    for (int i = 0; i < 4096; ++i) {
+      if (cond()) return true;
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+    }
+    return cond();
   }
 
   void run_chunk(std::size_t chunk) {
@@ -94,22 +114,28 @@ class thread_pool {
   void worker_loop(std::size_t index) {
     std::size_t seen = 0;
     for (;;) {
-      std::unique_lock lock(mutex_);
-      cv_.wait(lock, [&] { return stopping_ || generation_ != seen; });
-      if (stopping_) return;
-      seen = generation_;
-      if (index >= job_chunks_) continue;
-      lock.unlock();
-      run_chunk(index);
-      lock.lock();
-      if (--pending_ == 0) done_cv_.notify_one();
+      auto ready = [&] {
+        return stopping_.load(std::memory_order_acquire) ||
+               generation_.load(std::memory_order_acquire) != seen;
+      };
+      if (!spin_until(ready)) {
+        std::unique_lock lock(mutex_);
+        cv_.wait(lock, ready);
+      }
+      if (stopping_.load(std::memory_order_acquire)) return;
+      seen = generation_.load(std::memory_order_acquire);
+      if (index < job_chunks_) run_chunk(index);
+      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        std::lock_guard g(mutex_);
+        done_cv_.notify_one();
+      }
     }
   }
 
   void stop() {
     {
       std::lock_guard g(mutex_);
-      stopping_ = true;
+      stopping_.store(true, std::memory_order_release);
     }
     cv_.notify_all();
     for (auto& t : workers_) t.join();
@@ -120,9 +146,11 @@ class thread_pool {
   std::mutex mutex_, submit_mutex_;
   std::condition_variable cv_, done_cv_;
   const std::function<void(std::size_t, std::size_t)>* job_ = nullptr;
-  std::size_t job_begin_ = 0, job_end_ = 0, job_chunks_ = 0, pending_ = 0, generation_ = 0;
+  std::size_t job_begin_ = 0, job_end_ = 0, job_chunks_ = 0;
+  std::atomic<std::size_t> pending_{0}, generation_{0};
+  std::atomic<bool> stopping_{false};
   std::exception_ptr error_;
-  bool stopping_ = false, started_ = false;
+  bool started_ = false;
 };
 
 /// The process-wide pool used by qkit's kernels.
