@@ -226,7 +226,7 @@ struct zip_entry {
 };
 
 /// Reads the central directory, the authoritative list of a zip's entries (numpy writes
-/// local headers with zip64 placeholder sizes and fixes only the central directory).
+/// local headers with zip64 sentinel sizes (0xFFFFFFFF) and fixes only the central directory).
 inline std::vector<zip_entry> read_zip_directory(const std::vector<std::uint8_t>& buf,
                                                  const std::string& file) {
   const std::size_t size = buf.size();
