@@ -265,11 +265,7 @@ class quantsim {
   }
   /// Installs encodings and freezes them, so later calibration leaves them alone.
   void set_and_freeze_encodings(const std::string& name, std::vector<encoding> encs) {
-    with_quantizer(name, [&](auto& q) {
-      q.unfreeze();
-      q.set_encodings(std::move(encs));
-      q.freeze();
-    });
+    with_quantizer(name, [&](auto& q) { install_frozen(q, encs); });
   }
   /// Turns every quantizer off (the FP32 check) or on as placed by the config.
   void set_all_enabled(bool on) {
@@ -344,13 +340,10 @@ class quantsim {
     // file that fails half way leaves the simulation as it was.
     auto acts = acts_;
     auto params = params_;
-    auto install = [&](auto& q, const std::vector<encoding>& encs) {
-      q.unfreeze();
-      q.set_encodings(encs);
-      q.freeze();
-    };
-    for (const auto& [name, encs] : f.param_encodings) install(params[param_index_.at(name)], encs);
-    for (const auto& [name, encs] : f.activation_encodings) install(acts[act_index_.at(name)], encs);
+    for (const auto& [name, encs] : f.param_encodings)
+      install_frozen(params[param_index_.at(name)], encs);
+    for (const auto& [name, encs] : f.activation_encodings)
+      install_frozen(acts[act_index_.at(name)], encs);
     acts_ = std::move(acts);
     params_ = std::move(params);
   }
@@ -398,6 +391,14 @@ class quantsim {
       sim->on_output(&layer, y);
     }
   };
+
+  // Encodings from elsewhere (a file, the user) replace whatever was there and stay put.
+  template <class Q>
+  static void install_frozen(Q& q, const std::vector<encoding>& encs) {
+    q.unfreeze();
+    q.set_encodings(encs);
+    q.freeze();
+  }
 
   template <class Q>
   static bool passes_through(const Q& q) {

@@ -106,13 +106,12 @@ io::export_graph to_export_graph(Sim& sim, const std::string& graph_name = "qkit
       });
   g.output_name = flow.output;
 
-  sim.for_each_quantizer([&](const std::string& name, quantizer_kind kind, const auto& q) {
+  sim.for_each_quantizer([&](const std::string& name, quantizer_kind, const auto& q) {
     const bool passes = !q.enabled() || (q.settings().dtype == dtype::integer && q.bitwidth() >= 32);
     if (passes || !q.has_encodings()) return;
     io::tensor_quant tq;
     tq.encodings = q.encodings();
     tq.axis = q.per_channel() ? 0 : -1;
-    (void)kind;
     g.quantized[name] = std::move(tq);
   });
   return g;
