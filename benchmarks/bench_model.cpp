@@ -7,7 +7,7 @@
 #include <random>
 
 #include <qkit/nn/nn.hpp>
-#include <qkit/ptq/batch_norm_fold.hpp>
+#include <qkit/nn/batch_norm_fold.hpp>
 
 #include "../examples/models/fashion_mobilenet.hpp"
 
@@ -43,7 +43,7 @@ void BM_inference_folded(benchmark::State& state) {
   auto model = fashion::make_model();
   qkit::nn::init_parameters(model, 1);
   qkit::nn::set_training(model, false);
-  qkit::fold_batch_norms(model);
+  qkit::nn::fold_batch_norms(model);
   const qkit::tensor x = random_images(batch, 2);
   for (auto _ : state) {
     qkit::tensor y = qkit::nn::forward(model, x);

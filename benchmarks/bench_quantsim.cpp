@@ -41,7 +41,7 @@ void set_threads(benchmark::State& state) { qkit::set_num_threads(std::size_t(st
 void BM_fp32_forward(benchmark::State& state) {
   set_threads(state);
   auto m = seeded_model();
-  qkit::fold_batch_norms(m);
+  qkit::nn::fold_batch_norms(m);
   const qkit::tensor x = batch(std::size_t(state.range(0)));
   for (auto _ : state) benchmark::DoNotOptimize(qkit::nn::forward(m, x));
   state.SetItemsProcessed(state.iterations() * state.range(0));

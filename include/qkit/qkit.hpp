@@ -17,7 +17,6 @@
 #include "quant/encoding_json.hpp"
 #include "quant/fp16.hpp"
 #include "quant/qdq.hpp"
-#include "quant/quantizer.hpp"
 
 #include "calib/range_setter.hpp"
 #include "calib/stats.hpp"
@@ -29,7 +28,7 @@
 #include "calib/entropy.hpp"
 
 #include "nn/nn.hpp"
-#include "ptq/batch_norm_fold.hpp"
+#include "nn/batch_norm_fold.hpp"
 
 #include "io/atomic_file.hpp"
 #include "io/encodings_file.hpp"
@@ -38,6 +37,7 @@
 #include "io/tensor_proto.hpp"
 
 #include "sim/sim_config.hpp"
-#include "sim/dataflow.hpp"
+#include "nn/dataflow.hpp"
 #include "sim/model_validator.hpp"
+#include "sim/quantizer.hpp"
 #include "sim/quantsim.hpp"

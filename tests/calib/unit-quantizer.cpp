@@ -8,7 +8,7 @@
 
 #include <qkit/calib/percentile.hpp>
 #include <qkit/calib/tf_enhanced.hpp>
-#include <qkit/quant/quantizer.hpp>
+#include <qkit/sim/quantizer.hpp>
 
 namespace {
 qkit::tensor random_tensor(const qkit::shape_type& shape, unsigned seed, float sigma = 1.0f) {

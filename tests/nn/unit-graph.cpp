@@ -12,7 +12,7 @@
 #include <vector>
 
 #include <qkit/nn/nn.hpp>
-#include <qkit/ptq/batch_norm_fold.hpp>
+#include <qkit/nn/batch_norm_fold.hpp>
 
 #include "gradient_check.hpp"
 
@@ -303,9 +303,9 @@ TEST_CASE("fold_batch_norms keeps the inference function and reports what it fol
   std::mt19937 rng(23);
   const tensor x = random_tensor({2, 2, 8, 8}, rng);
   const tensor before = forward(net, x);
-  CHECK(qkit::unfoldable_batch_norms(net).empty());
-  const auto folded = qkit::fold_batch_norms(net);
-  const std::vector<qkit::batch_norm_fold> want{
+  CHECK(qkit::nn::unfoldable_batch_norms(net).empty());
+  const auto folded = qkit::nn::fold_batch_norms(net);
+  const std::vector<qkit::nn::batch_norm_fold> want{
       {"features.0", "features.1"}, {"features.3.0", "features.3.1"}, {"features.3.3", "features.3.4"}};
   CHECK(folded == want);
   const tensor after = forward(net, x);
@@ -317,13 +317,13 @@ TEST_CASE("fold_batch_norms keeps the inference function and reports what it fol
   std::size_t leaves = 0;
   visit_layers(net, [&](const std::string&, auto&) { ++leaves; });
   CHECK(leaves == 13);  // folded batch norms stay in the graph
-  CHECK(qkit::fold_batch_norms(net).empty());
+  CHECK(qkit::nn::fold_batch_norms(net).empty());
 
   // Batch norms with no conv or linear right before them cannot be folded.
   auto odd = sequential(relu{}, batch_norm(3), residual(batch_norm(3)), linear(3, 3), batch_norm(3));
-  const auto lone = qkit::unfoldable_batch_norms(odd);
+  const auto lone = qkit::nn::unfoldable_batch_norms(odd);
   CHECK(lone == std::vector<std::string>{"1", "2", });
-  CHECK(qkit::fold_batch_norms(odd) == std::vector<qkit::batch_norm_fold>{{"3", "4"}});
+  CHECK(qkit::nn::fold_batch_norms(odd) == std::vector<qkit::nn::batch_norm_fold>{{"3", "4"}});
 }
 
 TEST_CASE("optimizers: SGD with momentum and weight decay, Adam; training reduces the loss") {

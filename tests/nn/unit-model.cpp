@@ -10,7 +10,7 @@
 
 #include <qkit/io/idx.hpp>
 #include <qkit/nn/nn.hpp>
-#include <qkit/ptq/batch_norm_fold.hpp>
+#include <qkit/nn/batch_norm_fold.hpp>
 
 #include "../../examples/models/fashion_mobilenet.hpp"
 #include "../../examples/models/training.hpp"
@@ -53,10 +53,10 @@ TEST_CASE("fashion MobileNet: every batch norm folds and the output is unchanged
   qkit::nn::set_training(model, false);
   const tensor x = qkit_test::random_tensor({4, 1, 28, 28}, rng);
   const tensor before = qkit::nn::forward(model, x);
-  CHECK(qkit::unfoldable_batch_norms(model).empty());
-  const auto folded = qkit::fold_batch_norms(model);
+  CHECK(qkit::nn::unfoldable_batch_norms(model).empty());
+  const auto folded = qkit::nn::fold_batch_norms(model);
   CHECK(folded.size() == 11);
-  CHECK(folded.front() == qkit::batch_norm_fold{"features.0.conv", "features.0.bn"});
+  CHECK(folded.front() == qkit::nn::batch_norm_fold{"features.0.conv", "features.0.bn"});
   const tensor after = qkit::nn::forward(model, x);
   double max_rel = 0.0, max_abs = 0.0;
   for (std::size_t i = 0; i < before.size(); ++i) {

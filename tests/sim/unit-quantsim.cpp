@@ -7,7 +7,7 @@
 #include <random>
 
 #include <qkit/nn/nn.hpp>
-#include <qkit/ptq/batch_norm_fold.hpp>
+#include <qkit/nn/batch_norm_fold.hpp>
 #include <qkit/sim/quantsim.hpp>
 
 namespace fs = std::filesystem;

@@ -12,6 +12,7 @@ namespace qkit::nn {
 class relu : public layer_base {
  public:
   static constexpr std::string_view op_type = "Relu";
+  op_kind kind() const { return op_kind::relu; }
 
   template <class F>
   void for_each_parameter(F&&) {}
@@ -52,6 +53,20 @@ class clip : public layer_base {
 
   float min_value() const { return lo_; }
   float max_value() const { return hi_; }
+  /// Changes the clipping range (cross-layer equalization turns ReLU6 into ReLU with
+  /// max = +inf, since scaling a channel does not commute with a fixed upper bound).
+  void set_bounds(float min_value, float max_value) {
+    QKIT_PRECONDITION(min_value <= max_value, config_error, layer_label(*this), ": min (",
+                      min_value, ") must not exceed max (", max_value, ")");
+    lo_ = min_value;
+    hi_ = max_value;
+  }
+  /// By its bounds, not its type: a ReLU6 whose max was lifted to +inf is a ReLU.
+  op_kind kind() const {
+    if (lo_ == 0.0f && hi_ == std::numeric_limits<float>::infinity()) return op_kind::relu;
+    if (lo_ == 0.0f && hi_ == 6.0f) return op_kind::relu6;
+    return op_kind::clip;
+  }
 
   template <class F>
   void for_each_parameter(F&&) {}

@@ -10,6 +10,7 @@ namespace qkit::nn {
 class add : public layer_base {
  public:
   static constexpr std::string_view op_type = "Add";
+  op_kind kind() const { return op_kind::add; }
 
   template <class F>
   void for_each_parameter(F&&) {}

@@ -20,6 +20,7 @@ namespace qkit::nn {
 class batch_norm : public layer_base {
  public:
   static constexpr std::string_view op_type = "BatchNormalization";
+  op_kind kind() const { return op_kind::batch_norm; }
 
   explicit batch_norm(std::size_t channels, float epsilon = 1e-5f, float momentum = 0.1f)
       : c_(channels), eps_(epsilon), momentum_(momentum) {
@@ -52,7 +53,8 @@ class batch_norm : public layer_base {
   tensor& weight_grad() { return gamma_grad_; }
   tensor& bias_grad() { return beta_grad_; }
 
-  /// Folded into the preceding conv/linear: forward and backward pass through.
+  /// Folded into the preceding conv/linear: forward and backward pass through. weight() and
+  /// bias() keep γ and β, the folded layer's output distribution (mean β, std |γ|).
   bool folded() const { return folded_; }
   void set_folded() { folded_ = true; }
 

@@ -9,7 +9,7 @@
 #include <random>
 
 #include "../tensor/conv.hpp"
-#include "layer.hpp"
+#include "weighted_layer.hpp"
 
 namespace qkit::nn {
 
@@ -22,7 +22,7 @@ struct conv2d_options {
   bool bias = true;
 };
 
-class conv2d : public layer_base {
+class conv2d : public weighted_layer {
  public:
   static constexpr std::string_view op_type = "Conv";
 
@@ -43,10 +43,7 @@ class conv2d : public layer_base {
     QKIT_PRECONDITION(p_.stride_h > 0 && p_.stride_w > 0 && p_.dilation_h > 0 &&
                           p_.dilation_w > 0,
                       shape_error, "Conv: strides and dilations must be positive");
-    weight_ = tensor::from_shape(weight_shape());
-    weight_.fill(0.0f);
-    weight_grad_ = weight_;
-    if (bias) ensure_bias();
+    init_weight(weight_shape(), p_.groups, bias);
   }
 
   /// The conv2d_params of the square case. Kept out of line: GCC 12.2 with -march=native
@@ -74,32 +71,9 @@ class conv2d : public layer_base {
   const conv2d_params& params() const { return p_; }
   /// A depthwise convolution: one group per input channel.
   bool is_depthwise() const { return p_.groups == in_ && p_.groups > 1; }
+  op_kind kind() const { return is_depthwise() ? op_kind::depthwise_conv : op_kind::conv; }
   shape_type weight_shape() const { return {out_, in_ / p_.groups, kh_, kw_}; }
   std::size_t fan_in() const { return in_ / p_.groups * kh_ * kw_; }
-
-  // ---- parameters ----
-  tensor& weight() { return weight_; }
-  const tensor& weight() const { return weight_; }
-  bool has_bias() const { return has_bias_; }
-  /// The bias (empty [0] when the layer has none).
-  tensor& bias() { return bias_; }
-  const tensor& bias() const { return bias_; }
-  tensor& weight_grad() { return weight_grad_; }
-  tensor& bias_grad() { return bias_grad_; }
-  /// Gives the layer a zero bias if it has none (batch-norm folding needs one).
-  void ensure_bias() {
-    if (has_bias_) return;
-    has_bias_ = true;
-    bias_ = tensor::from_shape({out_});
-    bias_.fill(0.0f);
-    bias_grad_ = bias_;
-  }
-
-  template <class F>
-  void for_each_parameter(F&& f) {
-    f(std::string_view("weight"), weight_, &weight_grad_);
-    if (has_bias_) f(std::string_view("bias"), bias_, &bias_grad_);
-  }
 
   /// Kaiming/He normal init for the ReLU family: std = sqrt(2 / fan_in); bias 0.
   void reset_parameters(std::mt19937& rng) {
@@ -167,8 +141,7 @@ class conv2d : public layer_base {
  private:
   std::size_t in_, out_, kh_, kw_;
   conv2d_params p_;
-  bool has_bias_ = false, w_substituted_ = false;
-  tensor weight_, bias_ = tensor::from_shape({0}), weight_grad_, bias_grad_ = tensor::from_shape({0});
+  bool w_substituted_ = false;
   tensor x_, w_used_;
 };
 

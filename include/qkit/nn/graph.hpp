@@ -329,11 +329,13 @@ tensor forward_impl(Node& node, tensor x, Hooks& h) {
     return x;
   } else if constexpr (is_residual_v<Node>) {
     tensor body_out = forward_impl(node.body(), x, h);
+    h.input(std::as_const(node.add_layer()), std::as_const(body_out));
     tensor y = node.add_layer().forward(body_out, x, h);
     h.output(std::as_const(node.add_layer()), y);
     return y;
   } else {
     static_assert(check_leaf_layer<Node>());
+    h.input(std::as_const(node), std::as_const(x));
     tensor y = node.forward(std::move(x), h);
     h.output(std::as_const(node), y);
     return y;

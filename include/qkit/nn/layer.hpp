@@ -19,7 +19,7 @@
 namespace qkit::nn {
 
 /// The default hooks: every call is an inline no-op, so forward(model, x) costs nothing extra.
-/// A hooks type used with forward/backward must provide all four; derive from no_hooks and
+/// A hooks type used with forward/backward must provide all five; derive from no_hooks and
 /// redefine the ones you need (calls are resolved statically on the hooks type, never virtual).
 struct no_hooks {
   /// The value a layer computes with for parameter `param_name` (QuantSim returns a
@@ -29,6 +29,9 @@ struct no_hooks {
   const tensor& param(const L&, std::string_view, const tensor& value) {
     return value;
   }
+  /// Called with a leaf's input right before its forward (a residual's add: the body output).
+  template <class L>
+  void input(const L&, const tensor&) {}
   /// Called right after a leaf (or a residual's add) computed its output y; may change y.
   template <class L>
   void output(const L&, tensor&) {}
@@ -40,6 +43,33 @@ struct no_hooks {
   template <class L>
   void param_grad(const L&, std::string_view, tensor&) {}
 };
+
+/// What a pass needs to know about a layer's function, beyond its ONNX op_type: Conv is an
+/// ordinary or a depthwise convolution, Clip is ReLU (0, +inf), ReLU6 (0, 6) or another clip.
+/// A layer says its kind with `op_kind kind() const`; a layer without one is `other`, which
+/// passes leave alone (and which breaks their chains).
+enum class op_kind { conv, depthwise_conv, linear, batch_norm, relu, relu6, clip, add, other };
+
+inline const char* to_string(op_kind k) {
+  switch (k) {
+    case op_kind::conv: return "conv";
+    case op_kind::depthwise_conv: return "depthwise conv";
+    case op_kind::linear: return "linear";
+    case op_kind::batch_norm: return "batch norm";
+    case op_kind::relu: return "relu";
+    case op_kind::relu6: return "relu6";
+    case op_kind::clip: return "clip";
+    case op_kind::add: return "add";
+    case op_kind::other: return "other";
+  }
+  return "other";
+}
+
+template <class L>
+op_kind kind_of(const L& layer) {
+  if constexpr (requires { { layer.kind() } -> std::convertible_to<op_kind>; }) return layer.kind();
+  else return op_kind::other;
+}
 
 /// Name and mode of a leaf layer. Names are assigned by the graph (assign_names) and stay put.
 class layer_base {

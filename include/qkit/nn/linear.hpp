@@ -7,11 +7,11 @@
 #include <random>
 
 #include "../tensor/gemm.hpp"
-#include "layer.hpp"
+#include "weighted_layer.hpp"
 
 namespace qkit::nn {
 
-class linear : public layer_base {
+class linear : public weighted_layer {
  public:
   static constexpr std::string_view op_type = "Gemm";
 
@@ -19,10 +19,7 @@ class linear : public layer_base {
       : in_(in_features), out_(out_features) {
     QKIT_PRECONDITION(in_ > 0 && out_ > 0, shape_error,
                       "Gemm: feature counts must be positive, got in ", in_, ", out ", out_);
-    weight_ = tensor::from_shape({out_, in_});
-    weight_.fill(0.0f);
-    weight_grad_ = weight_;
-    if (bias) ensure_bias();
+    init_weight({out_, in_}, 1, bias);
   }
 
   std::size_t in_features() const { return in_; }
@@ -30,27 +27,7 @@ class linear : public layer_base {
   std::size_t fan_in() const { return in_; }
   /// ONNX Gemm attributes of this layer: alpha = beta = 1, transA = 0, transB = 1.
   static constexpr bool trans_b = true;
-
-  tensor& weight() { return weight_; }
-  const tensor& weight() const { return weight_; }
-  bool has_bias() const { return has_bias_; }
-  tensor& bias() { return bias_; }
-  const tensor& bias() const { return bias_; }
-  tensor& weight_grad() { return weight_grad_; }
-  tensor& bias_grad() { return bias_grad_; }
-  void ensure_bias() {
-    if (has_bias_) return;
-    has_bias_ = true;
-    bias_ = tensor::from_shape({out_});
-    bias_.fill(0.0f);
-    bias_grad_ = bias_;
-  }
-
-  template <class F>
-  void for_each_parameter(F&& f) {
-    f(std::string_view("weight"), weight_, &weight_grad_);
-    if (has_bias_) f(std::string_view("bias"), bias_, &bias_grad_);
-  }
+  op_kind kind() const { return op_kind::linear; }
 
   /// Kaiming/He normal init: std = sqrt(2 / in); bias 0.
   void reset_parameters(std::mt19937& rng) {
@@ -113,8 +90,7 @@ class linear : public layer_base {
 
  private:
   std::size_t in_, out_;
-  bool has_bias_ = false, w_substituted_ = false;
-  tensor weight_, bias_ = tensor::from_shape({0}), weight_grad_, bias_grad_ = tensor::from_shape({0});
+  bool w_substituted_ = false;
   tensor x_, w_used_;
 };
 

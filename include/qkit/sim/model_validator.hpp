@@ -2,7 +2,8 @@
 // surface as one clear error at construction instead of a wrong simulation later: a layer
 // instance used twice or held by std::ref (its quantizers would be shared, or the caller's layer
 // changed), duplicate names (quantizers and files are keyed by name), a batch norm that cannot
-// be folded, and an example input whose shape the model does not accept.
+// be folded (when batch norms are to be folded), and an example input whose shape the model
+// does not accept.
 #pragma once
 
 #include <map>
@@ -13,7 +14,7 @@
 
 #include "../error.hpp"
 #include "../nn/graph.hpp"
-#include "../ptq/batch_norm_fold.hpp"
+#include "../nn/batch_norm_fold.hpp"
 #include "../tensor/tensor.hpp"
 
 namespace qkit::sim {
@@ -42,9 +43,11 @@ void referenced_leaves(Node& node, std::vector<std::string>& out) {
 }  // namespace detail
 
 /// Lists every problem (empty when the model is fine). Runs one inference-mode forward pass on
-/// `example_input` to check shapes.
+/// `example_input` to check shapes. Unfoldable batch norms are problems only when
+/// `fold_batch_norms` (QuantSim's default; a simulation that keeps batch norms live runs them).
 template <class Model>
-std::vector<model_issue> find_model_issues(Model& model, const tensor& example_input) {
+std::vector<model_issue> find_model_issues(Model& model, const tensor& example_input,
+                                           bool fold_batch_norms = true) {
   std::vector<model_issue> issues;
 
   // std::ref lets one layer object appear twice; each appearance would need its own quantizers.
@@ -90,8 +93,9 @@ std::vector<model_issue> find_model_issues(Model& model, const tensor& example_i
                         "the model's root must be a sequential)"});
   }
 
-  for (const auto& bn : unfoldable_batch_norms(model))
-    issues.push_back({model_issue::kind::unfoldable_batch_norm,
+  if (fold_batch_norms)
+    for (const auto& bn : nn::unfoldable_batch_norms(model))
+      issues.push_back({model_issue::kind::unfoldable_batch_norm,
                       "BatchNormalization '" + bn +
                           "' cannot be folded: it does not directly follow a Conv or Gemm in "
                           "the same sequential"});
@@ -110,8 +114,8 @@ std::vector<model_issue> find_model_issues(Model& model, const tensor& example_i
 /// Throws config_error (shared or referenced layer, duplicate name, unfoldable batch norm) or
 /// shape_error (only shape problems) listing every problem find_model_issues reports.
 template <class Model>
-void validate_model(Model& model, const tensor& example_input) {
-  const auto issues = find_model_issues(model, example_input);
+void validate_model(Model& model, const tensor& example_input, bool fold_batch_norms = true) {
+  const auto issues = find_model_issues(model, example_input, fold_batch_norms);
   if (issues.empty()) return;
   std::ostringstream os;
   os << "model validation found " << issues.size() << " problem(s):";

@@ -7,8 +7,12 @@
 // config (sim/sim_config.hpp); range setters are compile-time policies per quantizer kind.
 // Everything stays adjustable per quantizer, by name, at run time (mixed precision, analysis).
 //
-// The wrapped model is a copy with its batch norms folded; QuantSim plugs into the graph's
-// forward through its hooks, so the quantize-dequantize runs right after each layer's kernel.
+// The wrapped model is a copy with its batch norms folded (or kept live, for QAT and BN
+// re-estimation); QuantSim plugs into the graph's forward through its hooks, so the
+// quantize-dequantize runs right after each layer's kernel. Passes (PTQ, QAT, analysis) work
+// on it per layer: an observer sees every layer's input and its output before and after the
+// output quantizer, run_layer runs one layer with the simulation's quantizers, and
+// snapshot/restore try a configuration and go back.
 #pragma once
 
 #include <algorithm>
@@ -34,9 +38,9 @@
 #include "../io/encodings_file.hpp"
 #include "../nn/graph.hpp"
 #include "../nn/weights_file.hpp"
-#include "../ptq/batch_norm_fold.hpp"
-#include "../quant/quantizer.hpp"
-#include "dataflow.hpp"
+#include "../nn/batch_norm_fold.hpp"
+#include "quantizer.hpp"
+#include "../nn/dataflow.hpp"
 #include "model_validator.hpp"
 #include "sim_config.hpp"
 
@@ -91,6 +95,24 @@ using w4a8_per_channel = sim_preset<4, 8, true>;
 /// Where a quantizer sits.
 enum class quantizer_kind { input, activation, param };
 
+/// What QuantSim does with the model's batch norms: fold them into the layer before them (the
+/// deployed model, AIMET's default) or keep them live (QAT, BN re-estimation). A live batch
+/// norm right after a conv or linear is fused with it as the target fuses it: no quantizer
+/// on the tensor between them.
+enum class batch_norm_mode { fold, keep };
+
+struct quantsim_options {
+  batch_norm_mode batch_norms = batch_norm_mode::fold;
+};
+
+/// What a forward observer may define (all optional, detected at compile time):
+///   void model_input(const tensor& x, const tensor& x_quantized)
+///   void layer_input(const nn::dataflow_node&, const auto& layer, const tensor& x)
+///   void layer_output(const nn::dataflow_node&, const auto& layer, const tensor& before,
+///                     const tensor& after)   // before / after the layer's output quantizer
+/// Observers only look: the tensors are the simulation's own.
+struct no_observer {};
+
 /// AIMET's quant_scheme name for a range setter (quantizer_args in encodings files).
 template <class R>
 std::string quant_scheme_name() {
@@ -118,10 +140,12 @@ class quantsim {
   quantsim(const Model& model, const tensor& example_input,
            const sim_config& config = Preset::default_config(),
            ActRangeSetter activation_range = ActRangeSetter{},
-           ParamRangeSetter param_range = ParamRangeSetter{})
-      : model_(std::make_unique<Model>(model)), config_(config) {
-    sim::validate_model(*model_, example_input);
-    folds_ = fold_batch_norms(*model_);
+           ParamRangeSetter param_range = ParamRangeSetter{},
+           quantsim_options options = {})
+      : model_(std::make_unique<Model>(model)), config_(config), options_(options) {
+    const bool fold = options_.batch_norms == batch_norm_mode::fold;
+    sim::validate_model(*model_, example_input, fold);
+    if (fold) folds_ = nn::fold_batch_norms(*model_);
     input_shape_.assign(example_input.shape().begin(), example_input.shape().end());
     build(activation_range, param_range);
     nn::no_hooks h;
@@ -137,8 +161,9 @@ class quantsim {
   Model& model() { return *model_; }
   const Model& model() const { return *model_; }
   const sim_config& config() const { return config_; }
-  const sim::dataflow& dataflow() const { return flow_; }
-  const std::vector<batch_norm_fold>& folded_batch_norms() const { return folds_; }
+  const nn::dataflow& dataflow() const { return flow_; }
+  const quantsim_options& options() const { return options_; }
+  const std::vector<nn::batch_norm_fold>& folded_batch_norms() const { return folds_; }
   const std::vector<std::size_t>& input_shape() const { return input_shape_; }
   const std::vector<std::size_t>& output_shape() const { return output_shape_; }
 
@@ -147,16 +172,125 @@ class quantsim {
   /// The simulated forward pass (during compute_encodings: the float pass that feeds the
   /// statistics).
   tensor forward(const tensor& x) {
-    hooks h{this};
+    no_observer none;
+    return forward(x, none);
+  }
+
+  /// The simulated forward pass with an observer (see no_observer) that sees the model input
+  /// and every layer's input and output, e.g. to capture them for a PTQ pass or an analysis.
+  template <class Observer>
+  tensor forward(const tensor& x, Observer& observer) {
+    hooks<Observer> h{this, &observer};
     if (calibrating_) {
       if (acts_[0].enabled()) acts_[0].observe(x);
+      if constexpr (requires { observer.model_input(x, x); }) observer.model_input(x, x);
       return nn::forward(*model_, x, h);
     }
     if (!passes_through(acts_[0])) {
       tensor xq = acts_[0].qdq(x);
+      if constexpr (requires { observer.model_input(x, xq); }) observer.model_input(x, xq);
       return nn::forward(*model_, xq, h);
     }
+    if constexpr (requires { observer.model_input(x, x); }) observer.model_input(x, x);
     return nn::forward(*model_, x, h);
+  }
+
+  // ---- layers ---------------------------------------------------------------------------
+
+  /// The dataflow node of the layer called `name` (config_error listing names if none).
+  const nn::dataflow_node& node(const std::string& name) const {
+    if (const auto* n = flow_.find(name)) return *n;
+    std::ostringstream os;
+    std::size_t shown = 0;
+    for (const auto& n : flow_.nodes) {
+      if (shown++ == 12) {
+        os << ", ...";
+        break;
+      }
+      os << (shown > 1 ? ", " : "") << n.name;
+    }
+    QKIT_THROW(config_error, "quantsim: no layer named '", name, "' (layers: ", os.str(), ")");
+  }
+
+  /// Calls f(layer) with the simulated model's layer called `name`, typed.
+  template <class F>
+  void with_layer(const std::string& name, F&& f) {
+    const void* target = node(name).layer;
+    bool found = false;
+    visit_nodes([&](const std::string&, auto& leaf) {
+      if (!found && static_cast<const void*>(&leaf) == target) {
+        found = true;
+        f(leaf);
+      }
+    });
+  }
+
+  /// Runs the layer called `name` alone on `x` (taken as given: pass it quantized if the
+  /// layer's input is) with the simulation's parameter quantizers, then its output quantizer
+  /// when `quantize_output`. Returns the output.
+  tensor run_layer(const std::string& name, const tensor& x, bool quantize_output = true) {
+    const void* target = node(name).layer;
+    QKIT_PRECONDITION(!calibrating_, error, "quantsim: run_layer during compute_encodings");
+    tensor y;
+    no_observer none;
+    hooks<no_observer> h{this, &none};
+    visit_nodes([&](const std::string&, auto& leaf) {
+      using L = std::remove_cvref_t<decltype(leaf)>;
+      if (static_cast<const void*>(&leaf) != target) return;
+      if constexpr (std::is_same_v<L, nn::add>) {
+        QKIT_THROW(config_error, "quantsim: run_layer cannot run '", name,
+                   "' alone: an Add takes two inputs");
+      } else {
+        y = leaf.forward(x, h);
+        if (quantize_output) {
+          auto it = slots_.find(target);
+          if (it != slots_.end() && it->second.output >= 0 &&
+              !passes_through(acts_[it->second.output]))
+            acts_[it->second.output].qdq_inplace(y);
+        }
+      }
+    });
+    return y;
+  }
+
+  /// The output quantizer of the layer called `name` (its output tensor's quantizer).
+  activation_quantizer_type& output_quantizer(const std::string& name) {
+    return acts_[act_index_.at(node(name).output)];
+  }
+
+  // ---- state ------------------------------------------------------------------------------
+
+  /// Every quantizer's state: encodings, statistics, enabled, bitwidth and scheme, frozen.
+  struct quantizer_state {
+    std::vector<activation_quantizer_type> activations;
+    std::vector<param_quantizer_type> params;
+  };
+  quantizer_state snapshot() const { return {acts_, params_}; }
+  /// Puts back a snapshot of this simulation (weights are not part of it).
+  void restore(const quantizer_state& s) {
+    QKIT_PRECONDITION(s.activations.size() == acts_.size() && s.params.size() == params_.size(),
+                      config_error, "quantsim: restore: the snapshot has ", s.activations.size(),
+                      " activation and ", s.params.size(), " parameter quantizers, this "
+                      "simulation ", acts_.size(), " and ", params_.size());
+    for (std::size_t i = 0; i < acts_.size(); ++i)
+      QKIT_PRECONDITION(s.activations[i].name() == acts_[i].name(), config_error,
+                        "quantsim: restore: the snapshot is of another simulation (quantizer '",
+                        s.activations[i].name(), "' where this one has '", acts_[i].name(), "')");
+    acts_ = s.activations;
+    params_ = s.params;
+  }
+
+  /// The quantize-dequantized value of parameter `name` ("<layer>.weight") as the simulation
+  /// computes with it (the float value where its quantizer is off).
+  tensor quantized_parameter(const std::string& name) {
+    auto it = param_index_.find(name);
+    if (it == param_index_.end()) unknown(name, "parameter");
+    const tensor& value = *param_values_[it->second];
+    if (passes_through(params_[it->second])) return value;
+    tensor out = tensor::from_shape(value.shape());
+    params_[it->second].qdq(value.data(), out.data(),
+                            std::span<const std::size_t>(value.shape().data(), value.shape().size()));
+    return out;
   }
 
   /// Calibrates: parameter encodings come from the weights; then callback(*this) runs
@@ -379,18 +513,43 @@ class quantsim {
     tensor weight_q, bias_q;  // reused buffers for the quantize-dequantized parameters
   };
 
+  template <class Observer>
   struct hooks : nn::no_hooks {
     quantsim* sim;
-    explicit hooks(quantsim* s) : sim(s) {}
+    Observer* obs;
+    hooks(quantsim* s, Observer* o) : sim(s), obs(o) {}
     template <class L>
     const tensor& param(const L& layer, std::string_view name, const tensor& value) {
       return sim->quantized_param(&layer, name, value);
     }
     template <class L>
+    void input(const L& layer, const tensor& x) {
+      if constexpr (requires(const nn::dataflow_node& n) { obs->layer_input(n, layer, x); })
+        if (const auto* n = sim->node_of(&layer)) obs->layer_input(*n, layer, x);
+    }
+    template <class L>
     void output(const L& layer, tensor& y) {
-      sim->on_output(&layer, y);
+      if constexpr (requires(const nn::dataflow_node& n) { obs->layer_output(n, layer, y, y); }) {
+        const auto* n = sim->node_of(&layer);
+        if (!n) return;
+        const tensor before = y;
+        sim->on_output(&layer, y);
+        obs->layer_output(*n, layer, before, std::as_const(y));
+      } else {
+        sim->on_output(&layer, y);
+      }
     }
   };
+
+  const nn::dataflow_node* node_of(const void* layer) const {
+    auto it = node_index_.find(layer);
+    return it == node_index_.end() ? nullptr : &flow_.nodes[it->second];
+  }
+
+  template <class F>
+  void visit_nodes(F&& f) {
+    nn::visit_layers(*model_, f);
+  }
 
   // Encodings from elsewhere (a file, the user) replace whatever was there and stay put.
   template <class Q>
@@ -478,7 +637,7 @@ class quantsim {
   void build(const ActRangeSetter& act_proto, const ParamRangeSetter& param_proto) {
     add_activation("input", config_.model_input_quantized.value_or(false),
                    config_.scheme_for(config_.defaults.is_symmetric.value_or(false)), act_proto);
-    flow_ = sim::describe_dataflow(*model_, [&](const sim::dataflow_node& node, auto& leaf) {
+    flow_ = nn::describe_dataflow(*model_, [&](const nn::dataflow_node& node, auto& leaf) {
       const auto op = config_.resolve_op(node.op_type);
       leaf_slot slot;
       slot.output = static_cast<int>(acts_.size());
@@ -512,6 +671,14 @@ class quantsim {
       slots_[node.layer] = std::move(slot);
     });
 
+    for (std::size_t i = 0; i < flow_.nodes.size(); ++i) node_index_[flow_.nodes[i].layer] = i;
+    // A live batch norm is fused with the conv or linear before it on the target (it folds at
+    // export): no quantizer between them.
+    for (const auto& n : flow_.nodes) {
+      const auto* next = n.weighted ? flow_.sole_consumer(n) : nullptr;
+      if (next && next->kind == nn::op_kind::batch_norm)
+        acts_[act_index_.at(n.output)].set_enabled(false);
+    }
     // An op that wants its inputs quantized gets the quantizer of whatever feeds it.
     for (const auto& node : flow_.nodes) {
       if (!config_.resolve_op(node.op_type).input_quantized) continue;
@@ -521,7 +688,7 @@ class quantsim {
     // counts only when the tensor has no other reader (a skip connection keeps it).
     for (const auto& group : config_.supergroups) {
       for (const auto& start : flow_.nodes) {
-        std::vector<const sim::dataflow_node*> chain{&start};
+        std::vector<const nn::dataflow_node*> chain{&start};
         if (start.op_type != group[0]) continue;
         for (std::size_t j = 1; j < group.size(); ++j) {
           const auto& out = chain.back()->output;
@@ -544,14 +711,16 @@ class quantsim {
 
   std::unique_ptr<Model> model_;
   sim_config config_;
-  std::vector<batch_norm_fold> folds_;
-  sim::dataflow flow_;
+  quantsim_options options_;
+  std::vector<nn::batch_norm_fold> folds_;
+  nn::dataflow flow_;
   std::vector<activation_quantizer_type> acts_;  // [0] is the model input
   std::vector<param_quantizer_type> params_;
   std::vector<tensor*> param_values_;            // the model's parameter for params_[i]
   std::vector<bool> act_placed_, param_placed_;  // enabled as the config placed them
   std::unordered_map<std::string, std::size_t> act_index_, param_index_;
   std::unordered_map<const void*, leaf_slot> slots_;
+  std::unordered_map<const void*, std::size_t> node_index_;  // layer -> flow_.nodes index
   std::vector<std::size_t> input_shape_, output_shape_;
   bool calibrating_ = false;
 };

@@ -57,8 +57,8 @@ io::export_graph to_export_graph(Sim& sim, const std::string& graph_name = "qkit
     }
   };
 
-  const sim::dataflow flow = sim::describe_dataflow(
-      sim.model(), [&](const sim::dataflow_node& node, auto& layer) {
+  const nn::dataflow flow = nn::describe_dataflow(
+      sim.model(), [&](const nn::dataflow_node& node, auto& layer) {
         using L = std::remove_cvref_t<decltype(layer)>;
         io::export_node n;
         n.op_type = node.op_type;

@@ -1,7 +1,10 @@
-// qkit/ptq/batch_norm_fold.hpp — folds each batch norm into the conv or linear layer right
+// qkit/nn/batch_norm_fold.hpp — a float-graph rewrite: folds each batch norm into the conv or linear layer right
 // before it (AIMET's rule): s = γ/√(var + ε), W' = W·s per output channel, b' = β + (b − μ)·s.
 // The batch norm stays in the graph, folded (identity, no parameters), so names and visitor
 // order do not change; a batch norm with no such predecessor is reported, never guessed at.
+// The folded batch norm keeps its γ and β: they describe the distribution of the folded
+// layer's output (mean β, standard deviation |γ| per channel), which cross-layer equalization's
+// high-bias absorption and analytical bias correction use.
 #pragma once
 
 #include <cmath>
@@ -10,25 +13,25 @@
 #include <utility>
 #include <vector>
 
-#include "../nn/batch_norm.hpp"
-#include "../nn/conv2d.hpp"
-#include "../nn/graph.hpp"
-#include "../nn/linear.hpp"
+#include "batch_norm.hpp"
+#include "conv2d.hpp"
+#include "graph.hpp"
+#include "linear.hpp"
+#include "weighted_layer.hpp"
 
-namespace qkit {
+namespace qkit::nn {
 
 namespace detail {
 
 template <class L>
-inline constexpr bool is_foldable_into_v =
-    std::is_same_v<L, nn::conv2d> || std::is_same_v<L, nn::linear>;
+inline constexpr bool is_foldable_into_v = weighted<L>;
 
 /// Multiplies the layer's output channel o by s[o] and sets its bias to β + (b − μ)·s.
 template <class L>
-void fold_into(L& layer, nn::batch_norm& bn) {
+void fold_into(L& layer, batch_norm& bn) {
   const std::size_t O = bn.channels();
   QKIT_PRECONDITION(layer.weight().shape(0) == O, shape_error, "fold_batch_norms: ",
-                    nn::layer_label(bn), " has ", O, " channels but ", nn::layer_label(layer),
+                    layer_label(bn), " has ", O, " channels but ", layer_label(layer),
                     " has ", layer.weight().shape(0), " outputs");
   layer.ensure_bias();
   tensor& w = layer.weight();
@@ -46,18 +49,18 @@ void fold_into(L& layer, nn::batch_norm& bn) {
 
 template <class Node, class OnPair, class OnLoneBn>
 void walk_batch_norms(Node& node, OnPair& on_pair, OnLoneBn& on_lone) {
-  if constexpr (nn::is_reference_v<Node> || nn::is_named_v<Node>) {
-    walk_batch_norms(nn::unwrap(node), on_pair, on_lone);
-  } else if constexpr (nn::is_residual_v<Node>) {
+  if constexpr (is_reference_v<Node> || is_named_v<Node>) {
+    walk_batch_norms(unwrap(node), on_pair, on_lone);
+  } else if constexpr (is_residual_v<Node>) {
     walk_batch_norms(node.body(), on_pair, on_lone);
-  } else if constexpr (nn::is_sequential_v<Node>) {
+  } else if constexpr (is_sequential_v<Node>) {
     constexpr std::size_t n = std::remove_cvref_t<Node>::size;
     [&]<std::size_t... I>(std::index_sequence<I...>) {
       (
           [&] {
             auto& child = node.template get<I>();
             using C = std::remove_cvref_t<decltype(child)>;
-            if constexpr (std::is_same_v<C, nn::batch_norm>) {
+            if constexpr (std::is_same_v<C, batch_norm>) {
               if constexpr (I > 0) {
                 using P = std::remove_cvref_t<decltype(node.template get<I - 1>())>;
                 if constexpr (is_foldable_into_v<P>) on_pair(node.template get<I - 1>(), child);
@@ -71,7 +74,7 @@ void walk_batch_norms(Node& node, OnPair& on_pair, OnLoneBn& on_lone) {
           }(),
           ...);
     }(std::make_index_sequence<n>{});
-  } else if constexpr (std::is_same_v<std::remove_cvref_t<Node>, nn::batch_norm>) {
+  } else if constexpr (std::is_same_v<std::remove_cvref_t<Node>, batch_norm>) {
     on_lone(node);
   }
 }
@@ -85,19 +88,19 @@ struct batch_norm_fold {
   friend bool operator==(const batch_norm_fold&, const batch_norm_fold&) = default;
 };
 
-/// Folds every batch norm that directly follows a conv2d or linear in the same sequential
+/// Folds every batch norm that directly follows a weighted layer (conv2d, linear) in the same sequential
 /// (std::ref and named() are seen through) and returns the pairs folded, in graph order.
 /// Uses the running statistics, i.e. the inference-mode function is preserved. Batch norms
 /// already folded are skipped.
 template <class Model>
 std::vector<batch_norm_fold> fold_batch_norms(Model& model) {
   std::vector<batch_norm_fold> folded;
-  auto on_pair = [&](auto& layer, nn::batch_norm& bn) {
+  auto on_pair = [&](auto& layer, batch_norm& bn) {
     if (bn.folded()) return;
     detail::fold_into(layer, bn);
     folded.push_back({layer.name(), bn.name()});
   };
-  auto on_lone = [](nn::batch_norm&) {};
+  auto on_lone = [](batch_norm&) {};
   detail::walk_batch_norms(model, on_pair, on_lone);
   return folded;
 }
@@ -107,12 +110,12 @@ std::vector<batch_norm_fold> fold_batch_norms(Model& model) {
 template <class Model>
 std::vector<std::string> unfoldable_batch_norms(Model& model) {
   std::vector<std::string> names;
-  auto on_pair = [](auto&, nn::batch_norm&) {};
-  auto on_lone = [&](nn::batch_norm& bn) {
+  auto on_pair = [](auto&, batch_norm&) {};
+  auto on_lone = [&](batch_norm& bn) {
     if (!bn.folded()) names.push_back(bn.name());
   };
   detail::walk_batch_norms(model, on_pair, on_lone);
   return names;
 }
 
-}  // namespace qkit
+}  // namespace qkit::nn

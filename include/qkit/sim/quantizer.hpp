@@ -1,4 +1,4 @@
-// qkit/quant/quantizer.hpp — one quantizer: calibration statistics, encodings and the
+// qkit/sim/quantizer.hpp — one quantizer: calibration statistics, encodings and the
 // quantize-dequantize it applies. Rounding and the range setter are compile-time policies;
 // bitwidth, scheme flags, per-channel axis, dtype, enabled and frozen are runtime state,
 // because AIMET-style config files, mixed precision and analysis change them per quantizer.
@@ -23,9 +23,9 @@
 #include "../config.hpp"
 #include "../error.hpp"
 #include "../tensor/tensor.hpp"
-#include "encoding.hpp"
-#include "fp16.hpp"
-#include "qdq.hpp"
+#include "../quant/encoding.hpp"
+#include "../quant/fp16.hpp"
+#include "../quant/qdq.hpp"
 
 namespace qkit {
 
