@@ -1,17 +1,28 @@
-// Tests of atomic file replacement and of the .npy / .npz reader and writer.
+// Tests of atomic file replacement, of the .npy / .npz reader and writer, and of loading a
+// PyTorch state_dict saved by np.savez (tests/data/npz, written by numpy; see its README).
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include <zlib.h>
 
 #include <qkit/io/atomic_file.hpp>
 #include <qkit/io/npz.hpp>
+#include <qkit/nn/activation.hpp>
+#include <qkit/nn/batch_norm.hpp>
+#include <qkit/nn/conv2d.hpp>
+#include <qkit/nn/flatten.hpp>
+#include <qkit/nn/linear.hpp>
+#include <qkit/nn/pooling.hpp>
+#include <qkit/nn/weights_file.hpp>
 
 namespace fs = std::filesystem;
 using namespace qkit::io;
@@ -285,10 +296,24 @@ TEST_CASE("npz: corrupt archives and arrays are format errors naming file and en
     CHECK(m.find("bad magic") != std::string::npos);
   }
   SUBCASE("unsupported dtype") {
-    spit(dir / "int.npz", make_zip({{"idx.npy", npy_with_header("{'descr': '<i8', 'fortran_order': False, 'shape': (1,), }", std::string(8, '\0'))}}, true, false));
-    const auto m = format_error_of([&] { load_npz(dir / "int.npz"); });
-    CHECK(m.find("entry 'idx.npy'") != std::string::npos);
-    CHECK(m.find("unsupported dtype '<i8'") != std::string::npos);
+    // complex64, a two-byte type without byte order, a float width numpy has no dtype for,
+    // a structured dtype
+    for (const std::string descr : {"<c8", "|i2", "<f3", "[('a', '<f4')]"}) {
+      CAPTURE(descr);
+      const std::string header = "{'descr': " + (descr[0] == '[' ? descr : "'" + descr + "'") +
+                                 ", 'fortran_order': False, 'shape': (1,), }";
+      spit(dir / "dtype.npz", make_zip({{"idx.npy", npy_with_header(header, std::string(8, '\0'))}}, true, false));
+      const auto m = format_error_of([&] { load_npz(dir / "dtype.npz"); });
+      CHECK(m.find("dtype.npz") != std::string::npos);
+      CHECK(m.find("entry 'idx.npy'") != std::string::npos);
+      CHECK(m.find("unsupported dtype") != std::string::npos);
+    }
+  }
+  SUBCASE("bool byte other than 0 or 1") {
+    spit(dir / "bool.npz", make_zip({{"mask.npy", npy_with_header("{'descr': '|b1', 'fortran_order': False, 'shape': (3,), }", std::string("\x01\x02\x00", 3))}}, false, false));
+    const auto m = format_error_of([&] { load_npz_entries(dir / "bool.npz"); });
+    CHECK(m.find("entry 'mask.npy'") != std::string::npos);
+    CHECK(m.find("bool element 1 holds byte 2") != std::string::npos);
   }
   SUBCASE("array data shorter than its shape") {
     spit(dir / "short.npz", make_zip({{"s.npy", npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", std::string(20, '\0'))}}, false, false));
@@ -302,5 +327,219 @@ TEST_CASE("npz: corrupt archives and arrays are format errors naming file and en
     spit(dir / "inflate.npz", z);
     const auto m = format_error_of([&] { load_npz(dir / "inflate.npz"); });
     CHECK(m.find("entry 'd.npy'") != std::string::npos);
+  }
+}
+
+// ---- integer and float16 entries; PyTorch state_dicts -----------------------------------------
+
+namespace {
+const fs::path npz_data = fs::path(QKIT_SOURCE_DIR) / "tests" / "data" / "npz";
+
+std::vector<float> values_of(const qkit::tensor& t) { return {t.data(), t.data() + t.size()}; }
+const npz_entry& entry_named(const npz_entries& es, const std::string& name) {
+  for (const auto& e : es)
+    if (e.name == name) return e;
+  FAIL("no entry ", name);
+  throw std::logic_error("unreachable");
+}
+float pow2(int e) { return std::ldexp(1.0f, e); }
+
+// The model tests/data/npz/torch_state_dict.npz was written for, with PyTorch's child names:
+// Sequential(Conv2d(1, 2, 2), BatchNorm2d(2), ReLU(), AdaptiveAvgPool2d(1), Flatten(),
+// Linear(2, 3)) names its parameters 0.*, 1.* and 5.*.
+auto torch_like_model() {
+  using namespace qkit::nn;
+  return sequential(conv2d(1, 2, 2), batch_norm(2), relu{}, global_avg_pool{}, flatten{},
+                    linear(2, 3));
+}
+}  // namespace
+
+TEST_CASE("npz: reads every integer, bool and float16 dtype numpy writes, either byte order") {
+  const npz_entries es = load_npz_entries(npz_data / "dtypes.npz");
+  REQUIRE(es.size() == 16);
+  CHECK(es[0].name == "i1");  // archive order
+  struct expected {
+    const char* name;
+    const char* dtype;
+    qkit::shape_type shape;
+    std::vector<float> values;
+  };
+  const float inf = std::numeric_limits<float>::infinity();
+  const std::vector<expected> table = {
+      {"i1", "int8", {3}, {-128, 127, -1}},
+      {"u1", "uint8", {2}, {0, 255}},
+      {"i2_be", "int16", {2}, {-300, 12345}},
+      {"u2", "uint16", {1}, {65535}},
+      {"i4", "int32", {2}, {-16777216, 16777216}},
+      {"u4_be", "uint32", {1}, {4294967040.0f}},
+      {"i8", "int64", {2}, {-pow2(40), 3}},
+      {"i8_scalar", "int64", {}, {-7}},
+      {"u8_be", "uint64", {1}, {pow2(63)}},
+      {"bool", "bool", {3}, {1, 0, 1}},
+      {"f2", "float16", {6}, {1.0f, -2.5f, 65504.0f, pow2(-14), pow2(-24), inf}},
+      {"f2_be", "float16", {1}, {0.5f}},
+      {"f4_be", "float32", {2}, {1.5f, -0.0f}},
+      {"f4_scalar", "float32", {}, {2.5f}},
+      {"f8_be", "float64", {2}, {0.1f, -3.0f}},
+      {"i2_fortran", "int16", {2, 3}, {1, 2, 3, 4, 5, 6}},  // stored column-major
+  };
+  for (const auto& x : table) {
+    CAPTURE(x.name);
+    const npz_entry& e = entry_named(es, x.name);
+    CHECK(e.dtype.name() == x.dtype);
+    CHECK(e.dtype.is_floating() == (std::string(x.dtype).rfind("float", 0) == 0));
+    CHECK(e.exact);
+    CHECK(e.values.shape() == x.shape);
+    CHECK(values_of(e.values) == x.values);
+  }
+  CHECK(entry_named(es, "i2_be").dtype.big_endian);
+  CHECK_FALSE(entry_named(es, "i4").dtype.big_endian);
+  CHECK(std::signbit(entry_named(es, "f4_be").values(1)));
+
+  // The float-only reader gives the same values without the dtypes.
+  const npz_arrays arrays = load_npz(npz_data / "dtypes.npz");
+  REQUIRE(arrays.size() == es.size());
+  for (std::size_t i = 0; i < es.size(); ++i) {
+    CHECK(arrays[i].first == es[i].name);
+    CHECK(same(arrays[i].second, es[i].values));
+  }
+}
+
+TEST_CASE("npz: an integer float32 cannot hold exactly is refused by the float-only readers") {
+  const fs::path dir = out_dir("npz_inexact");
+  std::string data;
+  for (std::int64_t v : {std::int64_t(1) << 24, (std::int64_t(1) << 24) + 1}) {
+    data.append(reinterpret_cast<const char*>(&v), 8);  // little-endian host
+  }
+  const std::string npy =
+      npy_with_header("{'descr': '<i8', 'fortran_order': False, 'shape': (2,), }", data);
+  spit(dir / "big.npz", make_zip({{"steps.npy", npy}}, false, false));
+  spit(dir / "big.npy", npy);
+
+  const npz_entries es = load_npz_entries(dir / "big.npz");
+  REQUIRE(es.size() == 1);
+  CHECK_FALSE(es[0].exact);
+  CHECK(values_of(es[0].values) == std::vector<float>{16777216.0f, 16777216.0f});  // rounded
+
+  const auto m = format_error_of([&] { load_npz(dir / "big.npz"); });
+  CHECK(m.find("big.npz") != std::string::npos);
+  CHECK(m.find("entry 'steps.npy'") != std::string::npos);
+  CHECK(m.find("int64 array holds a value float32 cannot represent exactly") != std::string::npos);
+  CHECK(format_error_of([&] { load_npy(dir / "big.npy"); }).find("cannot represent exactly") !=
+        std::string::npos);
+}
+
+TEST_CASE("load_weights: a PyTorch state_dict saved with np.savez loads by name") {
+  const npz_entries es = load_npz_entries(npz_data / "torch_state_dict.npz");
+  const npz_entry& counter = entry_named(es, "1.num_batches_tracked");
+  CHECK(counter.dtype.name() == "int64");
+  CHECK(counter.values.dimension() == 0);
+  CHECK(counter.values() == 7.0f);
+
+  auto model = torch_like_model();
+  qkit::nn::load_weights(model, npz_data / "torch_state_dict.npz");
+  const auto param = [&](const std::string& name) {
+    const qkit::tensor* p = qkit::nn::find_parameter(model, name);
+    REQUIRE(p != nullptr);
+    return values_of(*p);
+  };
+  // The numbers typed into tests/data/npz/README.md's script.
+  CHECK(qkit::nn::find_parameter(model, "0.weight")->shape() == qkit::shape_type{2, 1, 2, 2});
+  CHECK(param("0.weight") == std::vector<float>{0.5f, -0.25f, 1.0f, 0.75f, -1.0f, 0.5f, 0.25f, -0.5f});
+  CHECK(param("0.bias") == std::vector<float>{0.125f, -0.25f});
+  CHECK(param("1.weight") == std::vector<float>{1.5f, 0.5f});
+  CHECK(param("1.bias") == std::vector<float>{0.25f, -0.5f});
+  CHECK(param("1.running_mean") == std::vector<float>{0.5f, -0.25f});
+  CHECK(param("1.running_var") == std::vector<float>{4.0f, 0.25f});
+  CHECK(param("5.weight") == std::vector<float>{1.0f, -0.5f, 0.25f, 2.0f, -1.5f, 0.125f});  // float16
+  CHECK(param("5.bias") == std::vector<float>{0.1f, -0.2f, 0.3f});  // float64, rounded
+
+  // The output numpy computed in float64 for x = arange(9) / 4 - 1 (README).
+  qkit::tensor x(qkit::shape_type{1, 1, 3, 3});
+  for (std::size_t i = 0; i < 9; ++i) x.data()[i] = static_cast<float>(i) / 4.0f - 1.0f;
+  const qkit::tensor y = qkit::nn::forward(model, x);
+  REQUIRE(y.shape() == qkit::shape_type{1, 3});
+  CHECK(y(0, 0) == doctest::Approx(0.52187603).epsilon(1e-6));
+  CHECK(y(0, 1) == doctest::Approx(-0.06133385).epsilon(1e-5));
+  CHECK(y(0, 2) == doctest::Approx(-0.34257791).epsilon(1e-6));
+}
+
+TEST_CASE("load_weights: integer entries on float names, stray counters and truncated files are format errors") {
+  const fs::path dir = out_dir("torch_bad");
+  const fs::path good = npz_data / "torch_state_dict.npz";
+  // The good file's arrays as float32 .npy images, the counter as int64 0-d, to rebuild
+  // variants of it.
+  std::vector<std::pair<std::string, std::string>> images;
+  for (const auto& [name, t] : load_npz(good))
+    if (name != "1.num_batches_tracked") images.emplace_back(name + ".npy", qkit::io::detail::npy_bytes(t));
+  const auto int64_npy = [](const std::string& shape, std::vector<std::int64_t> v) {
+    std::string data;
+    for (auto x : v) data.append(reinterpret_cast<const char*>(&x), 8);
+    return npy_with_header("{'descr': '<i8', 'fortran_order': False, 'shape': " + shape + ", }", data);
+  };
+  const std::string counter = int64_npy("()", {7});
+
+  auto model = torch_like_model();
+  const auto before = qkit::nn::state_dict(model);
+  const auto unchanged = [&] {
+    const auto now = qkit::nn::state_dict(model);
+    REQUIRE(now.size() == before.size());
+    for (std::size_t i = 0; i < now.size(); ++i) CHECK(same(now[i].second, before[i].second));
+  };
+  const auto load_variant = [&](const std::string& file, auto edit) {
+    auto entries = images;
+    entries.emplace_back("1.num_batches_tracked.npy", counter);
+    edit(entries);
+    spit(dir / file, make_zip(entries, false, false));
+    return format_error_of([&] { qkit::nn::load_weights(model, dir / file); });
+  };
+
+  SUBCASE("the rebuilt file loads (so each variant's error is its edit's)") {
+    const auto m = load_variant("same.npz", [](auto&) {});
+    CHECK(m == "<no format_error>");
+  }
+  SUBCASE("an integer entry under a float parameter's name") {
+    const auto m = load_variant("int_var.npz", [&](auto& es) {
+      for (auto& [n, bytes] : es)
+        if (n == "1.running_var.npy") bytes = int64_npy("(2,)", {4, 1});
+    });
+    CHECK(m.find("weights file '" + (dir / "int_var.npz").string() + "'") != std::string::npos);
+    CHECK(m.find("not floating-point: 1.running_var (file int64, model float32)") != std::string::npos);
+    CHECK(m.find("unexpected") == std::string::npos);
+    unchanged();
+  }
+  SUBCASE("a float num_batches_tracked is unexpected") {
+    const auto m = load_variant("float_counter.npz", [&](auto& es) {
+      qkit::tensor seven(qkit::shape_type{});
+      seven() = 7.0f;
+      es.back().second = qkit::io::detail::npy_bytes(seven);
+    });
+    CHECK(m.find("float_counter.npz") != std::string::npos);
+    CHECK(m.find("unexpected: 1.num_batches_tracked") != std::string::npos);
+    unchanged();
+  }
+  SUBCASE("a counter under a layer that is no batch norm, or under no layer, is unexpected") {
+    const auto m = load_variant("stray_counter.npz", [&](auto& es) {
+      es.emplace_back("0.num_batches_tracked.npy", counter);
+      es.emplace_back("7.num_batches_tracked.npy", counter);
+    });
+    CHECK(m.find("unexpected: 0.num_batches_tracked, 7.num_batches_tracked") != std::string::npos);
+    unchanged();
+  }
+  SUBCASE("an entry given twice") {
+    const auto m = load_variant("twice.npz", [&](auto& es) { es.push_back(es.front()); });
+    CHECK(m.find("given twice: 0.weight") != std::string::npos);
+    unchanged();
+  }
+  SUBCASE("truncated file") {
+    const std::string bytes = slurp(good);
+    for (std::size_t keep : {bytes.size() - 1, bytes.size() / 2, std::size_t(10)}) {
+      CAPTURE(keep);
+      spit(dir / "cut.npz", bytes.substr(0, keep));
+      const auto m = format_error_of([&] { qkit::nn::load_weights(model, dir / "cut.npz"); });
+      CHECK(m.find("cut.npz") != std::string::npos);
+      CHECK(m.find("not a valid zip/npz archive") != std::string::npos);
+    }
+    unchanged();
   }
 }

@@ -1,9 +1,12 @@
 // qkit/io/npz.hpp — numpy's .npy and .npz files: weights keyed by layer name, exchanged with
 // np.load / np.savez. Writes stored float32 entries; reads stored or deflated entries
-// (np.savez_compressed), zip64 records, and float32 or float64 arrays.
+// (np.savez_compressed), zip64 records, and float16/32/64, integer and bool arrays of either
+// byte order (a PyTorch state_dict saved with np.savez holds int64 num_batches_tracked).
 #pragma once
 
 #include <algorithm>
+#include <bit>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -28,6 +31,38 @@ namespace qkit::io {
 
 /// Arrays of an .npz file in archive order.
 using npz_arrays = std::vector<std::pair<std::string, qkit::tensor>>;
+
+/// How an .npy array's elements are stored: numpy's dtype "descr" ('<f4', '>i8', '|b1').
+struct npy_dtype {
+  enum class kind { floating, signed_integer, unsigned_integer, boolean };
+  kind type = kind::floating;
+  std::size_t bytes = 4;
+  bool big_endian = false;
+
+  bool is_floating() const { return type == kind::floating; }
+  /// numpy's name: "float32", "int64", "uint8", "bool".
+  std::string name() const {
+    switch (type) {
+      case kind::floating: return "float" + std::to_string(8 * bytes);
+      case kind::signed_integer: return "int" + std::to_string(8 * bytes);
+      case kind::unsigned_integer: return "uint" + std::to_string(8 * bytes);
+      case kind::boolean: return "bool";
+    }
+    return "?";
+  }
+};
+
+/// One array of an .npz archive with the dtype the file stored it in. `values` holds it as
+/// qkit's float32 tensor: float16 exactly, float64 rounded, integers and bools (0/1) as
+/// numbers. `exact` is false when an integer array holds a value float32 cannot represent
+/// (beyond 2^24 in magnitude and not a float32); its `values` are then rounded.
+struct npz_entry {
+  std::string name;
+  npy_dtype dtype;
+  qkit::tensor values;
+  bool exact = true;
+};
+using npz_entries = std::vector<npz_entry>;
 
 namespace detail {
 
@@ -105,9 +140,130 @@ inline std::string npy_header_value(const std::string& header, const std::string
   return val;
 }
 
+/// numpy's dtype descr ('<f4', '>i8', '|b1', '=u2') as an npy_dtype; format_error otherwise.
+inline npy_dtype parse_npy_descr(const std::string& descr, const std::string& where) {
+  const auto unsupported = [&]() {
+    QKIT_THROW(qkit::format_error, where, ": unsupported dtype '", descr,
+               "' (qkit reads float16/32/64, int8/16/32/64, uint8/16/32/64 and bool, either "
+               "byte order)");
+  };
+  if (descr.size() != 3) unsupported();
+  npy_dtype d;
+  const char order = descr[0], code = descr[1], width = descr[2];
+  if (width < '1' || width > '8') unsupported();
+  d.bytes = static_cast<std::size_t>(width - '0');
+  switch (code) {
+    case 'f':
+      d.type = npy_dtype::kind::floating;
+      if (d.bytes != 2 && d.bytes != 4 && d.bytes != 8) unsupported();
+      break;
+    case 'i':
+    case 'u':
+      d.type = code == 'i' ? npy_dtype::kind::signed_integer : npy_dtype::kind::unsigned_integer;
+      if (d.bytes != 1 && d.bytes != 2 && d.bytes != 4 && d.bytes != 8) unsupported();
+      break;
+    case 'b':
+      d.type = npy_dtype::kind::boolean;
+      if (d.bytes != 1) unsupported();
+      break;
+    default:
+      unsupported();
+  }
+  // '|' (not applicable) is what numpy writes for one-byte types; '=' is the writer's native
+  // order, which numpy never writes but a hand-made header might mean as this machine's.
+  if (order == '<') d.big_endian = false;
+  else if (order == '>') d.big_endian = true;
+  else if (order == '=') d.big_endian = std::endian::native == std::endian::big;
+  else if (order == '|' && d.bytes == 1) d.big_endian = false;
+  else unsupported();
+  return d;
+}
+
+/// IEEE binary16 to float32 (exact: every half is a float).
+inline float half_to_float(std::uint16_t h) {
+  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
+  const std::uint32_t exponent = (h >> 10) & 0x1Fu, mantissa = h & 0x3FFu;
+  std::uint32_t bits;
+  if (exponent == 0x1F) {
+    bits = sign | 0x7F800000u | (mantissa << 13);  // infinity, or NaN keeping its payload
+  } else if (exponent != 0) {
+    bits = sign | ((exponent + 127 - 15) << 23) | (mantissa << 13);
+  } else {
+    const float sub = std::ldexp(static_cast<float>(mantissa), -24);  // zero or subnormal
+    return sign ? -sub : sub;
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+/// The element at `p`, `bytes` wide, as an unsigned integer of the file's byte order.
+inline std::uint64_t load_element(const std::uint8_t* p, std::size_t bytes, bool big_endian) {
+  std::uint64_t v = 0;
+  if (big_endian)
+    for (std::size_t i = 0; i < bytes; ++i) v = (v << 8) | p[i];
+  else
+    v = get_le(p, static_cast<int>(bytes));
+  return v;
+}
+
+/// Converts `n` elements of dtype `d` at `p` into float32; returns false if an integer did not
+/// convert exactly. A bool byte other than 0 or 1 is corrupt data.
+inline bool convert_npy_elements(const std::uint8_t* p, std::size_t n, const npy_dtype& d,
+                                 float* out, const std::string& where) {
+  const bool native_order = d.big_endian == (std::endian::native == std::endian::big);
+  if (d.type == npy_dtype::kind::floating && d.bytes == 4 && native_order) {
+    if (n) std::memcpy(out, p, n * 4);  // the common case; keeps NaN payloads bit for bit
+    return true;
+  }
+  bool exact = true;
+  for (std::size_t k = 0; k < n; ++k) {
+    const std::uint64_t raw = load_element(p + d.bytes * k, d.bytes, d.big_endian);
+    float f = 0.0f;
+    switch (d.type) {
+      case npy_dtype::kind::floating:
+        if (d.bytes == 2) {
+          f = half_to_float(static_cast<std::uint16_t>(raw));
+        } else if (d.bytes == 4) {
+          const auto bits = static_cast<std::uint32_t>(raw);
+          std::memcpy(&f, &bits, 4);
+        } else {
+          double v;
+          std::memcpy(&v, &raw, 8);
+          f = static_cast<float>(v);
+        }
+        break;
+      case npy_dtype::kind::signed_integer: {
+        // Sign-extend from the element's width.
+        const unsigned shift = static_cast<unsigned>(64 - 8 * d.bytes);
+        const auto v = static_cast<std::int64_t>(raw << shift) >> shift;
+        f = static_cast<float>(v);
+        // 2^63 itself does not fit int64, so compare only below it.
+        if (!(f >= -9223372036854775808.0f && f < 9223372036854775808.0f) ||
+            static_cast<std::int64_t>(f) != v)
+          exact = false;
+        break;
+      }
+      case npy_dtype::kind::unsigned_integer:
+        f = static_cast<float>(raw);
+        if (!(f < 18446744073709551616.0f) || static_cast<std::uint64_t>(f) != raw) exact = false;
+        break;
+      case npy_dtype::kind::boolean:
+        if (raw > 1)
+          QKIT_THROW(qkit::format_error, where, ": bool element ", k, " holds byte ", raw,
+                     ", expected 0 or 1 (corrupt data?)");
+        f = static_cast<float>(raw);
+        break;
+    }
+    out[k] = f;
+  }
+  return exact;
+}
+
 /// Parses one .npy image held in memory; `where` names the file (and entry) for errors.
-inline qkit::tensor parse_npy(const std::uint8_t* data, std::size_t size,
-                              const std::string& where) {
+/// The entry's name is left empty.
+inline npz_entry parse_npy_entry(const std::uint8_t* data, std::size_t size,
+                                 const std::string& where) {
   if (size < 10 || std::memcmp(data, "\x93NUMPY", 6) != 0)
     QKIT_THROW(qkit::format_error, where, ": not an .npy array (bad magic)");
   const int major = data[6];
@@ -131,17 +287,14 @@ inline qkit::tensor parse_npy(const std::uint8_t* data, std::size_t size,
   const std::string fortran = npy_header_value(header, "fortran_order", where);
   const std::string shape_text = npy_header_value(header, "shape", where);
 
-  std::size_t width;
-  if (descr == "<f4") width = 4;
-  else if (descr == "<f8") width = 8;
-  else
-    QKIT_THROW(qkit::format_error, where, ": unsupported dtype '", descr,
-               "' (expected little-endian float32 '<f4' or float64 '<f8')");
+  npz_entry entry;
+  entry.dtype = parse_npy_descr(descr, where);
+  const std::size_t width = entry.dtype.bytes;
   if (fortran != "False" && fortran != "True")
     QKIT_THROW(qkit::format_error, where, ": fortran_order is '", fortran,
                "', expected True or False");
 
-  qkit::shape_type shape;
+  qkit::shape_type shape;  // "()" leaves it empty: a 0-d array of one element
   std::size_t i = 1;
   while (i < shape_text.size()) {
     while (i < shape_text.size() && (shape_text[i] == ' ' || shape_text[i] == ',')) ++i;
@@ -167,24 +320,33 @@ inline qkit::tensor parse_npy(const std::uint8_t* data, std::size_t size,
                size - data_at < n * width ? " (truncated)" : "");
 
   std::vector<float> values(n);
-  const std::uint8_t* p = data + data_at;
-  if (width == 4) {
-    if (n) std::memcpy(values.data(), p, n * 4);
-  } else {
-    for (std::size_t k = 0; k < n; ++k) {
-      double d;
-      std::memcpy(&d, p + 8 * k, 8);
-      values[k] = static_cast<float>(d);
-    }
-  }
-  qkit::tensor out(shape);
+  entry.exact = convert_npy_elements(data + data_at, n, entry.dtype, values.data(), where);
+  entry.values = qkit::tensor(shape);
   if (fortran == "True") {
     // Column-major data: adapt it as such and let xtensor reorder into qkit's row-major.
-    out = xt::adapt<xt::layout_type::column_major>(values.data(), n, xt::no_ownership(), shape);
+    entry.values =
+        xt::adapt<xt::layout_type::column_major>(values.data(), n, xt::no_ownership(), shape);
   } else if (n) {
-    std::copy(values.begin(), values.end(), out.data());
+    std::copy(values.begin(), values.end(), entry.values.data());
   }
-  return out;
+  return entry;
+}
+
+/// For the float-only readers (load_npy, load_npz), which drop the dtype: an integer that
+/// float32 would round must not pass as if it were the stored value.
+inline void require_exact(const npz_entry& e, const std::string& where) {
+  if (!e.exact)
+    QKIT_THROW(qkit::format_error, where, ": ", e.dtype.name(),
+               " array holds a value float32 cannot represent exactly (beyond 2^24); "
+               "load_npz_entries reads it rounded, with its dtype");
+}
+
+/// parse_npy_entry's values, refusing integers that float32 would round.
+inline qkit::tensor parse_npy(const std::uint8_t* data, std::size_t size,
+                              const std::string& where) {
+  npz_entry e = parse_npy_entry(data, size, where);
+  require_exact(e, where);
+  return std::move(e.values);
 }
 
 inline std::uint32_t crc_of(const std::string& bytes) {
@@ -334,6 +496,25 @@ inline std::string zip_entry_bytes(const std::vector<std::uint8_t>& buf, const z
   return out;
 }
 
+/// The entries of an .npz archive; with `float_only`, require_exact on each.
+inline npz_entries read_npz(const std::filesystem::path& path, bool float_only) {
+  const std::string file = path.string();
+  const auto buf = read_whole_file(file);
+  npz_entries out;
+  for (const auto& e : read_zip_directory(buf, file)) {
+    const std::string where = "file '" + file + "', entry '" + e.name + "'";
+    const std::string bytes = zip_entry_bytes(buf, e, where);
+    npz_entry entry =
+        parse_npy_entry(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size(), where);
+    if (float_only) require_exact(entry, where);
+    entry.name = e.name;
+    if (entry.name.size() > 4 && entry.name.compare(entry.name.size() - 4, 4, ".npy") == 0)
+      entry.name.resize(entry.name.size() - 4);
+    out.push_back(std::move(entry));
+  }
+  return out;
+}
+
 }  // namespace detail
 
 /// Writes one array as an .npy file (float32, C order), atomically.
@@ -342,7 +523,8 @@ inline void save_npy(const std::filesystem::path& path, const qkit::tensor& t) {
   write_file_atomically(path, std::string_view(bytes));
 }
 
-/// Reads an .npy file holding a float32 or float64 array (float64 is rounded to float32).
+/// Reads an .npy file as float32: float64 is rounded, float16 exact, integers and bools
+/// converted when float32 holds them exactly (format_error otherwise).
 inline qkit::tensor load_npy(const std::filesystem::path& path) {
   const auto buf = detail::read_whole_file(path.string());
   return detail::parse_npy(buf.data(), buf.size(), "file '" + path.string() + "'");
@@ -434,22 +616,20 @@ inline void save_npz(const std::filesystem::path& path, const npz_arrays& arrays
   save_npz<npz_arrays>(path, arrays);
 }
 
-/// Reads every array of an .npz archive in archive order; the ".npy" suffix of each entry
-/// name is dropped (as np.load does). Errors name the file and the entry.
+/// Reads every array of an .npz archive in archive order, each with its stored dtype; the
+/// ".npy" suffix of each entry name is dropped (as np.load does). Errors name the file and
+/// the entry.
+inline npz_entries load_npz_entries(const std::filesystem::path& path) {
+  return detail::read_npz(path, /*float_only=*/false);
+}
+
+/// Reads every array of an .npz archive in archive order as float32 (converted as load_npy
+/// does), without the dtypes; the ".npy" suffix of each entry name is dropped (as np.load
+/// does). Errors name the file and the entry.
 inline npz_arrays load_npz(const std::filesystem::path& path) {
-  const std::string file = path.string();
-  const auto buf = detail::read_whole_file(file);
   npz_arrays out;
-  for (const auto& e : detail::read_zip_directory(buf, file)) {
-    const std::string where = "file '" + file + "', entry '" + e.name + "'";
-    const std::string bytes = detail::zip_entry_bytes(buf, e, where);
-    std::string name = e.name;
-    if (name.size() > 4 && name.compare(name.size() - 4, 4, ".npy") == 0)
-      name.resize(name.size() - 4);
-    out.emplace_back(std::move(name),
-                     detail::parse_npy(reinterpret_cast<const std::uint8_t*>(bytes.data()),
-                                       bytes.size(), where));
-  }
+  for (auto& e : detail::read_npz(path, /*float_only=*/true))
+    out.emplace_back(std::move(e.name), std::move(e.values));
   return out;
 }
 
