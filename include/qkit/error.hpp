@@ -30,6 +30,10 @@ QKIT_DEFINE_ERROR(format_error, "format error")
 QKIT_DEFINE_ERROR(config_error, "config error")
 /// Calibration that cannot produce an encoding (no data, NaN or Inf in the data).
 QKIT_DEFINE_ERROR(calibration_error, "calibration error")
+/// A data set that does not fit its use: labels that do not match the samples, a batch size of
+/// 0, no data where some is needed, no labels where they are needed, a label a model cannot
+/// predict.
+QKIT_DEFINE_ERROR(data_error, "data error")
 
 #undef QKIT_DEFINE_ERROR
 

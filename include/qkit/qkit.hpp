@@ -27,6 +27,9 @@
 #include "calib/mse.hpp"
 #include "calib/entropy.hpp"
 
+#include "data/dataset.hpp"
+#include "data/batch.hpp"
+
 #include "nn/nn.hpp"
 #include "nn/batch_norm_fold.hpp"
 
