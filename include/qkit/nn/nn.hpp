@@ -9,6 +9,7 @@
 #include "batch_norm_fold.hpp"
 #include "conv2d.hpp"
 #include "dataflow.hpp"
+#include "evaluate.hpp"
 #include "flatten.hpp"
 #include "graph.hpp"
 #include "layer.hpp"
