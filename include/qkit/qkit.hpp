@@ -44,3 +44,4 @@
 #include "sim/model_validator.hpp"
 #include "sim/quantizer.hpp"
 #include "sim/quantsim.hpp"
+#include "sim/calibrate.hpp"
