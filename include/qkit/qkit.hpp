@@ -45,3 +45,6 @@
 #include "sim/quantizer.hpp"
 #include "sim/quantsim.hpp"
 #include "sim/calibrate.hpp"
+
+#include "ptq/cross_layer_equalization.hpp"
+#include "ptq/bias_correction.hpp"

@@ -1,0 +1,399 @@
+// qkit/ptq/bias_correction.hpp — bias correction (Nagel et al. 2019; AIMET's correct_bias).
+// Quantizing a layer's weights shifts the mean of its output: E[W_q·x] − E[W·x] = (W_q − W)·E[x]
+// is rarely zero per channel, and the shifts add up through the network. Bias correction
+// subtracts the shift from each conv/linear bias, in forward order, so that each layer sees
+// inputs already corrected upstream:
+//   - empirical: the mean over (N, H, W) of the quantized model's output minus the FP32 model's,
+//     both taken before the activation (and before the output quantizer), on calibration data;
+//   - analytical (data-free): (W_q − W)·E[x], with E[x] from the batch norm folded into the
+//     layer before (its β, γ) and the activation between (the clipped-normal mean after a ReLU
+//     or ReLU6).
+// AIMET's choice per layer: analytical where a batch norm precedes and that is asked for,
+// otherwise empirical. Defaults are AIMET's: 2,000 samples to compute encodings, 512 to correct.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <functional>
+#include <limits>
+#include <numbers>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "../error.hpp"
+#include "../nn/dataflow.hpp"
+#include "../sim/quantsim.hpp"
+#include "../tensor/tensor.hpp"
+
+namespace qkit::ptq {
+
+enum class bias_correction_method { empirical, analytical };
+
+inline const char* to_string(bias_correction_method m) {
+  return m == bias_correction_method::empirical ? "empirical" : "analytical";
+}
+
+/// Progress of a correction, reported before each layer.
+struct bias_correction_progress {
+  std::string layer;
+  std::size_t index = 0, total = 0;
+};
+
+struct bias_correction_options {
+  /// Samples whose outputs are compared per layer (AIMET: num_bias_correct_samples = 512).
+  std::size_t samples = 512;
+  /// Samples that compute the encodings before and after (AIMET: num_quant_samples = 2000).
+  std::size_t calibration_samples = 2000;
+  std::size_t batch_size = 64;
+  /// Analytical correction where a batch norm precedes the layer (AIMET:
+  /// perform_only_empirical_bias_corr = False); empirical elsewhere.
+  bool analytical_where_possible = false;
+  /// Layers left alone, by name.
+  std::vector<std::string> layers_to_ignore;
+  std::function<void(const bias_correction_progress&)> progress;
+};
+
+/// What was done to one layer.
+struct layer_bias_correction {
+  std::string layer;
+  bias_correction_method method = bias_correction_method::empirical;
+  /// Root mean square over channels of the output-mean error subtracted (quantized − FP32 for
+  /// empirical, (W_q − W)·E[x] for analytical).
+  double rms_shift = 0.0;
+  double max_abs_shift = 0.0;
+};
+
+struct bias_correction_report {
+  std::vector<layer_bias_correction> layers;
+  std::vector<std::string> skipped;  ///< layers left alone (ignored, or no batch norm data-free)
+  bool recalibrated = false;         ///< activation encodings recomputed after correcting
+
+  std::string summary() const {
+    std::ostringstream os;
+    os << "bias correction: " << layers.size() << " layer(s) corrected";
+    if (!skipped.empty()) os << ", " << skipped.size() << " skipped";
+    os << "\n";
+    for (const auto& l : layers)
+      os << "  " << l.layer << " (" << to_string(l.method) << "): rms shift " << l.rms_shift
+         << ", max " << l.max_abs_shift << "\n";
+    for (const auto& s : skipped) os << "  " << s << ": skipped\n";
+    return os.str();
+  }
+};
+
+namespace detail {
+
+inline double normal_pdf(double z) {
+  return std::exp(-0.5 * z * z) / std::sqrt(2.0 * std::numbers::pi);
+}
+inline double normal_cdf(double z) { return 0.5 * std::erfc(-z / std::numbers::sqrt2); }
+
+/// E[clamp(X, lo, hi)] for X ~ N(mu, sigma²) (lo may be -inf, hi +inf). With lo = 0, hi = +inf
+/// this is AIMET's ReLU formula μ(1 − Φ(−μ/σ)) + σφ(−μ/σ).
+inline double clipped_normal_mean(double mu, double sigma, double lo, double hi) {
+  if (!(sigma > 0.0)) return std::clamp(mu, lo, hi);
+  const bool has_lo = std::isfinite(lo), has_hi = std::isfinite(hi);
+  const double a = has_lo ? (lo - mu) / sigma : -std::numeric_limits<double>::infinity();
+  const double b = has_hi ? (hi - mu) / sigma : std::numeric_limits<double>::infinity();
+  const double Pa = has_lo ? normal_cdf(a) : 0.0, Pb = has_hi ? normal_cdf(b) : 1.0;
+  const double pa = has_lo ? normal_pdf(a) : 0.0, pb = has_hi ? normal_pdf(b) : 0.0;
+  double e = mu * (Pb - Pa) + sigma * (pa - pb);
+  if (has_lo) e += lo * Pa;
+  if (has_hi) e += hi * (1.0 - Pb);
+  return e;
+}
+
+/// Per-channel sums over (N, H, W) of a [N, C, ...] tensor, added to `sums`.
+inline void add_channel_sums(const tensor& y, std::vector<double>& sums, std::size_t& count) {
+  const std::size_t N = y.shape(0), C = y.shape(1), P = y.size() / (N * C);
+  if (sums.empty()) sums.assign(C, 0.0);
+  for (std::size_t n = 0; n < N; ++n)
+    for (std::size_t c = 0; c < C; ++c) {
+      const float* p = y.data() + (n * C + c) * P;
+      double s = 0.0;
+      for (std::size_t i = 0; i < P; ++i) s += p[i];
+      sums[c] += s;
+    }
+  count += N * P;
+}
+
+/// Records per-channel output means (before the output quantizer) of the chosen layers.
+struct channel_mean_observer {
+  std::vector<std::string> layers;
+  std::vector<std::vector<double>> sums;
+  std::vector<std::size_t> counts;
+
+  explicit channel_mean_observer(std::vector<std::string> names)
+      : layers(std::move(names)), sums(layers.size()), counts(layers.size(), 0) {}
+
+  template <class L>
+  void layer_output(const nn::dataflow_node& n, const L&, const tensor& before, const tensor&) {
+    for (std::size_t i = 0; i < layers.size(); ++i)
+      if (layers[i] == n.name) add_channel_sums(before, sums[i], counts[i]);
+  }
+  std::vector<double> mean(std::size_t i) const {
+    std::vector<double> m = sums[i];
+    for (auto& v : m) v /= double(std::max<std::size_t>(counts[i], 1));
+    return m;
+  }
+};
+
+/// Runs the first `count` samples through sim.forward(x, observer) in batches.
+template <class Sim, class Observer>
+void forward_samples(Sim& sim, const tensor& samples, std::size_t count, std::size_t batch,
+                     Observer& obs) {
+  const std::size_t N = std::min(count, samples.shape(0));
+  const std::size_t per = samples.size() / samples.shape(0);
+  for (std::size_t b = 0; b < N; b += batch) {
+    const std::size_t e = std::min(N, b + batch);
+    shape_type shape(samples.shape().begin(), samples.shape().end());
+    shape[0] = e - b;
+    tensor x = tensor::from_shape(shape);
+    std::copy(samples.data() + b * per, samples.data() + e * per, x.data());
+    (void)sim.forward(x, obs);
+  }
+}
+
+template <class Sim>
+void calibrate_on(Sim& sim, const tensor& samples, std::size_t count, std::size_t batch) {
+  sim.compute_encodings([&](Sim& s) {
+    struct none {} obs;
+    forward_samples(s, samples, count, batch, obs);
+  });
+}
+
+/// E[x] per input channel of `node` from the batch norm folded into the layer before it and the
+/// activation between; empty when there is no such batch norm.
+inline std::vector<float> expected_input(const nn::dataflow& flow, const nn::dataflow_node& node) {
+  const nn::dataflow_node* p = flow.sole_producer(node);
+  double lo = -std::numeric_limits<double>::infinity(), hi = std::numeric_limits<double>::infinity();
+  if (p && p->clip_layer) {
+    lo = p->clip_layer->min_value();
+    hi = p->clip_layer->max_value();
+    p = flow.sole_producer(*p);
+  } else if (p && p->kind == nn::op_kind::relu) {
+    lo = 0.0;
+    p = flow.sole_producer(*p);
+  }
+  if (!p || !p->folded_batch_norm) return {};
+  const nn::batch_norm& bn = *p->folded_batch_norm;
+  std::vector<float> e(bn.channels());
+  for (std::size_t c = 0; c < e.size(); ++c)
+    e[c] = float(clipped_normal_mean(bn.bias()(c), std::fabs(double(bn.weight()(c))), lo, hi));
+  return e;
+}
+
+inline std::pair<double, double> shift_stats(const std::vector<double>& d) {
+  double ss = 0.0, mx = 0.0;
+  for (double v : d) {
+    ss += v * v;
+    mx = std::max(mx, std::fabs(v));
+  }
+  return {d.empty() ? 0.0 : std::sqrt(ss / double(d.size())), mx};
+}
+
+template <class Sim>
+std::vector<const nn::dataflow_node*> correctable_layers(Sim& sim,
+                                                         const std::vector<std::string>& ignore,
+                                                         std::vector<std::string>& skipped) {
+  for (const auto& name : ignore) (void)sim.node(name);  // config_error on an unknown name
+  std::vector<const nn::dataflow_node*> out;
+  for (const auto& n : sim.dataflow().nodes) {
+    if (!n.weighted) continue;
+    if (std::find(ignore.begin(), ignore.end(), n.name) != ignore.end()) skipped.push_back(n.name);
+    else out.push_back(&n);
+  }
+  return out;
+}
+
+template <class Sim>
+bool has_activation_encodings(Sim& sim) {
+  bool all = true;
+  sim.for_each_quantizer([&](const std::string&, auto kind, const auto& q) {
+    if (kind == quantizer_kind::param || !q.enabled()) return;
+    if (q.settings().dtype == dtype::integer && q.bitwidth() < 32 && !q.has_encodings())
+      all = false;
+  });
+  return all;
+}
+
+// Biases of every weighted layer, to put back if the pass fails.
+struct bias_backup {
+  std::vector<std::pair<nn::weighted_layer*, tensor>> saved;
+  template <class Sim>
+  explicit bias_backup(Sim& sim) {
+    for (const auto& n : sim.dataflow().nodes)
+      if (n.weighted) saved.emplace_back(n.weighted, n.weighted->bias());
+  }
+  void restore() {
+    for (auto& [layer, b] : saved)
+      if (layer->has_bias() && layer->bias().shape() == b.shape()) layer->bias() = b;
+      else if (layer->has_bias()) layer->bias().fill(0.0f);  // a bias this pass added
+  }
+};
+
+inline void subtract(nn::weighted_layer& layer, const std::vector<double>& shift) {
+  layer.ensure_bias();
+  float* b = layer.bias().data();
+  for (std::size_t o = 0; o < shift.size(); ++o) b[o] = float(double(b[o]) - shift[o]);
+}
+
+}  // namespace detail
+
+/// Corrects every conv/linear bias of the simulated model `sim` (a qkit::quantsim) in forward
+/// order, empirically on `samples` ([N, ...], the first options.samples of them) unless
+/// options.analytical_where_possible picks the data-free formula for a layer. Encodings are
+/// computed first on the first options.calibration_samples samples if the simulation has none,
+/// and the activation encodings are recomputed afterwards for the corrected model. Throws
+/// calibration_error for empty data and config_error for an unknown layer to ignore; on any
+/// failure the biases and quantizers are as they were.
+template <class Sim>
+bias_correction_report correct_bias(Sim& sim, const tensor& samples,
+                                    const bias_correction_options& options = {}) {
+  QKIT_PRECONDITION(samples.dimension() >= 2 && samples.shape(0) > 0, calibration_error,
+                    "bias correction: no calibration data (samples of shape ",
+                    shape_string(samples.shape()), ")");
+  QKIT_PRECONDITION(options.samples > 0 && options.calibration_samples > 0 &&
+                        options.batch_size > 0,
+                    config_error, "bias correction: samples, calibration_samples and batch_size "
+                    "must be positive");
+  bias_correction_report report;
+  const auto layers = detail::correctable_layers(sim, options.layers_to_ignore, report.skipped);
+  const auto state = sim.snapshot();
+  detail::bias_backup backup(sim);
+  try {
+    if (!detail::has_activation_encodings(sim))
+      detail::calibrate_on(sim, samples, options.calibration_samples, options.batch_size);
+
+    // Which layers are corrected empirically, and their FP32 output means, all in one pass of
+    // the unchanged model with every quantizer off.
+    std::vector<std::vector<float>> expected(layers.size());
+    std::vector<std::string> empirical;
+    for (std::size_t i = 0; i < layers.size(); ++i) {
+      if (options.analytical_where_possible)
+        expected[i] = detail::expected_input(sim.dataflow(), *layers[i]);
+      if (expected[i].empty()) empirical.push_back(layers[i]->name);
+    }
+    detail::channel_mean_observer fp32(empirical);
+    if (!empirical.empty()) {
+      const auto quantized = sim.snapshot();
+      sim.set_all_enabled(false);
+      detail::forward_samples(sim, samples, options.samples, options.batch_size, fp32);
+      sim.restore(quantized);
+    }
+
+    for (std::size_t i = 0; i < layers.size(); ++i) {
+      const auto& node = *layers[i];
+      if (options.progress) options.progress({node.name, i, layers.size()});
+      layer_bias_correction lc;
+      lc.layer = node.name;
+      std::vector<double> shift;
+      if (!expected[i].empty()) {
+        lc.method = bias_correction_method::analytical;
+        const tensor wq = sim.quantized_parameter(node.name + ".weight");
+        tensor dw = tensor::from_shape(wq.shape());
+        const tensor& w = node.weighted->weight();
+        for (std::size_t k = 0; k < dw.size(); ++k) dw.data()[k] = wq.data()[k] - w.data()[k];
+        shift = node.weighted->input_response(dw, expected[i]);
+      } else {
+        lc.method = bias_correction_method::empirical;
+        detail::channel_mean_observer q({node.name});
+        detail::forward_samples(sim, samples, options.samples, options.batch_size, q);
+        const std::size_t j =
+            std::size_t(std::find(empirical.begin(), empirical.end(), node.name) - empirical.begin());
+        const auto fm = fp32.mean(j), qm = q.mean(0);
+        shift.resize(qm.size());
+        for (std::size_t c = 0; c < qm.size(); ++c) shift[c] = qm[c] - fm[c];
+      }
+      detail::subtract(*node.weighted, shift);
+      std::tie(lc.rms_shift, lc.max_abs_shift) = detail::shift_stats(shift);
+      report.layers.push_back(std::move(lc));
+    }
+    // The corrected biases move the activation ranges a little: calibrate them again.
+    detail::calibrate_on(sim, samples, options.calibration_samples, options.batch_size);
+    report.recalibrated = true;
+  } catch (...) {
+    backup.restore();
+    sim.restore(state);
+    throw;
+  }
+  return report;
+}
+
+/// Data-free bias correction: every conv/linear layer that a folded batch norm precedes (with
+/// at most a ReLU/ReLU6/clip between) gets b −= (W_q − W)·E[x]; the others are reported as
+/// skipped. Parameter encodings are computed first if missing; activation encodings are not
+/// touched (calibrate afterwards as usual).
+template <class Sim>
+bias_correction_report correct_bias_analytical(Sim& sim,
+                                               const std::vector<std::string>& layers_to_ignore = {}) {
+  bias_correction_report report;
+  const auto layers = detail::correctable_layers(sim, layers_to_ignore, report.skipped);
+  detail::bias_backup backup(sim);
+  try {
+    bool missing = false;
+    for (const auto* n : layers)
+      if (sim.has_quantizer(n->name + ".weight") &&
+          sim.param_quantizer(n->name + ".weight").enabled() &&
+          !sim.param_quantizer(n->name + ".weight").has_encodings())
+        missing = true;
+    if (missing) sim.compute_param_encodings();
+    for (const auto* n : layers) {
+      const auto e = detail::expected_input(sim.dataflow(), *n);
+      if (e.empty()) {
+        report.skipped.push_back(n->name);
+        continue;
+      }
+      const tensor wq = sim.quantized_parameter(n->name + ".weight");
+      tensor dw = tensor::from_shape(wq.shape());
+      for (std::size_t k = 0; k < dw.size(); ++k)
+        dw.data()[k] = wq.data()[k] - n->weighted->weight().data()[k];
+      const auto shift = n->weighted->input_response(dw, e);
+      detail::subtract(*n->weighted, shift);
+      layer_bias_correction lc;
+      lc.layer = n->name;
+      lc.method = bias_correction_method::analytical;
+      std::tie(lc.rms_shift, lc.max_abs_shift) = detail::shift_stats(shift);
+      report.layers.push_back(std::move(lc));
+    }
+  } catch (...) {
+    backup.restore();
+    throw;
+  }
+  return report;
+}
+
+/// Per layer (conv/linear, forward order) and channel: the mean over (N, H, W) of the quantized
+/// output minus the FP32 output, both before the activation, on the first `count` samples — the
+/// error bias correction removes (for checking it, on held-out data).
+template <class Sim>
+std::vector<std::pair<std::string, std::vector<double>>> mean_output_error(
+    Sim& sim, const tensor& samples, std::size_t count, std::size_t batch_size = 64) {
+  std::vector<std::string> names;
+  for (const auto& n : sim.dataflow().nodes)
+    if (n.weighted) names.push_back(n.name);
+  detail::channel_mean_observer q(names), fp(names);
+  detail::forward_samples(sim, samples, count, batch_size, q);
+  const auto state = sim.snapshot();
+  sim.set_all_enabled(false);
+  try {
+    detail::forward_samples(sim, samples, count, batch_size, fp);
+  } catch (...) {
+    sim.restore(state);
+    throw;
+  }
+  sim.restore(state);
+  std::vector<std::pair<std::string, std::vector<double>>> out;
+  for (std::size_t i = 0; i < names.size(); ++i) {
+    auto d = q.mean(i);
+    const auto f = fp.mean(i);
+    for (std::size_t c = 0; c < d.size(); ++c) d[c] -= f[c];
+    out.emplace_back(names[i], std::move(d));
+  }
+  return out;
+}
+
+}  // namespace qkit::ptq
