@@ -17,13 +17,16 @@ using namespace qkit::nn;
 namespace {
 
 // x[n, i] ~ N(mu_i, 1), seeded.
-tensor samples_with_mean(std::size_t n, const std::vector<float>& mu, std::uint32_t seed) {
+tensor sample_tensor(std::size_t n, const std::vector<float>& mu, std::uint32_t seed) {
   tensor x = tensor::from_shape({n, mu.size()});
   std::mt19937 rng(seed);
   std::normal_distribution<float> d(0.0f, 1.0f);
   for (std::size_t r = 0; r < n; ++r)
     for (std::size_t i = 0; i < mu.size(); ++i) x(r, i) = mu[i] + d(rng);
   return x;
+}
+data::dataset samples_with_mean(std::size_t n, const std::vector<float>& mu, std::uint32_t seed) {
+  return data::dataset(sample_tensor(n, mu, seed));
 }
 
 // AIMET's symmetric grid: delta = absmax / floor((2^bw - 1) / 2), q = clamp(round(w / delta)).
@@ -47,8 +50,8 @@ TEST_CASE("bias correction: one linear layer's corrected bias cancels (W_q - W)Â
     for (std::size_t i = 0; i < 4; ++i) L.weight()(o, i) = w[o][i];
     L.bias()(o) = 0.1f * float(o);
   }
-  const tensor data = samples_with_mean(2000, mu, 7);
-  quantsim<decltype(model), presets::w4a8> sim(model, samples_with_mean(1, mu, 1));
+  const data::dataset data = samples_with_mean(2000, mu, 7);
+  quantsim<decltype(model), presets::w4a8> sim(model, sample_tensor(1, mu, 1));
   sim.set_enabled("input", false);  // isolate the weight-quantization error
 
   ptq::bias_correction_options opt;
@@ -61,7 +64,7 @@ TEST_CASE("bias correction: one linear layer's corrected bias cancels (W_q - W)Â
   // Closed form: absmax over the whole (per-tensor) weight is 0.94.
   std::vector<double> xbar(4, 0.0);
   for (std::size_t r = 0; r < 2000; ++r)
-    for (std::size_t i = 0; i < 4; ++i) xbar[i] += data(r, i) / 2000.0;
+    for (std::size_t i = 0; i < 4; ++i) xbar[i] += data.samples()(r, i) / 2000.0;
   const auto& Ls = sim.model().get<0>();
   for (std::size_t o = 0; o < 3; ++o) {
     double err_expected = 0.0, err_sample = 0.0;
@@ -131,9 +134,9 @@ TEST_CASE("bias correction: analytical uses the folded batch norm before the lay
 TEST_CASE("bias correction: bad input is refused and leaves the simulation as it was") {
   auto model = sequential(linear(4, 3));
   init_parameters(model, 2);
-  quantsim<decltype(model), presets::w8a8> sim(model, samples_with_mean(1, {0, 0, 0, 0}, 1));
+  quantsim<decltype(model), presets::w8a8> sim(model, sample_tensor(1, {0, 0, 0, 0}, 1));
   const tensor bias = sim.model().get<0>().bias();
-  CHECK_THROWS_AS(ptq::correct_bias(sim, tensor::from_shape({0, 4})), calibration_error);
+  CHECK_THROWS_AS(ptq::correct_bias(sim, data::dataset()), calibration_error);
   ptq::bias_correction_options ignore;
   ignore.layers_to_ignore = {"nope"};
   CHECK_THROWS_WITH_AS(ptq::correct_bias(sim, samples_with_mean(8, {0, 0, 0, 0}, 2), ignore),

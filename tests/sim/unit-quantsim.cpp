@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 
 #include <qkit/nn/nn.hpp>
@@ -303,4 +304,114 @@ TEST_CASE("strict symmetric grids stop at their max in both rounding modes") {
     CHECK(y[1] == doctest::Approx(e.min));
     CHECK(std::fabs(y[0]) == doctest::Approx(std::fabs(y[1])));
   }
+}
+
+// ---- per-layer access for passes: observers, run_layer, snapshot/restore, live batch norms ----
+
+namespace {
+struct recording_observer {
+  tensor x, xq;
+  std::map<std::string, tensor> inputs, before, after;
+  void model_input(const tensor& a, const tensor& b) {
+    x = a;
+    xq = b;
+  }
+  template <class L>
+  void layer_input(const nn::dataflow_node& n, const L&, const tensor& v) {
+    inputs[n.name] = v;
+  }
+  template <class L>
+  void layer_output(const nn::dataflow_node& n, const L&, const tensor& b, const tensor& a) {
+    before[n.name] = b;
+    after[n.name] = a;
+  }
+};
+}  // namespace
+
+TEST_CASE("quantsim observer sees the model input and every layer's input and output") {
+  auto model = make_model();
+  quantsim sim(model, random_input(2, 1));
+  calibrate(sim);
+  recording_observer obs;
+  const tensor x = random_input(3, 50);
+  const tensor y = sim.forward(x, obs);
+  CHECK(bit_identical(y, sim.forward(x)));  // observing changes nothing
+  CHECK(bit_identical(obs.x, x));
+  CHECK_FALSE(bit_identical(obs.xq, x));  // the input quantizer is on
+  // A layer's input is its producer's quantized output (the dw conv reads the ReLU).
+  CHECK(bit_identical(obs.inputs.at("3.3"), obs.after.at("3.2")));
+  // Output quantizer on ("2", the ReLU6): after is on its grid and differs from before; off
+  // ("0", fused with its ReLU6): identical.
+  CHECK_FALSE(bit_identical(obs.before.at("2"), obs.after.at("2")));
+  CHECK(bit_identical(obs.before.at("0"), obs.after.at("0")));
+  CHECK(bit_identical(obs.after.at("7"), y));
+  CHECK(obs.after.count("1") == 0);  // a folded batch norm is no node
+}
+
+TEST_CASE("quantsim run_layer computes one layer with the simulation's quantizers") {
+  auto model = make_model();
+  quantsim sim(model, random_input(2, 1));
+  calibrate(sim);
+  recording_observer obs;
+  (void)sim.forward(random_input(3, 51), obs);
+  // The same layer on the same input: the same bits as inside the full forward.
+  CHECK(bit_identical(sim.run_layer("3.3", obs.inputs.at("3.3")), obs.after.at("3.3")));
+  CHECK(bit_identical(sim.run_layer("2", obs.inputs.at("2"), false), obs.before.at("2")));
+  // Its weights are the quantized ones: the float layer gives another result.
+  tensor wq = sim.quantized_parameter("3.3.weight");
+  CHECK_FALSE(bit_identical(wq, sim.model().get<3>().body().get<3>().weight()));
+  CHECK_THROWS_WITH_AS((void)sim.run_layer("3.add", obs.inputs.at("3.add")),
+                       doctest::Contains("takes two inputs"), config_error);
+  CHECK_THROWS_WITH_AS((void)sim.run_layer("nope", obs.inputs.at("2")),
+                       doctest::Contains("no layer named 'nope'"), config_error);
+  bool typed = false;
+  sim.with_layer("3.3", [&](auto& layer) {
+    if constexpr (std::is_same_v<std::remove_cvref_t<decltype(layer)>, nn::conv2d>)
+      typed = layer.is_depthwise();
+  });
+  CHECK(typed);
+  CHECK(sim.node("3.3").kind == nn::op_kind::depthwise_conv);
+}
+
+TEST_CASE("quantsim snapshot and restore bring back every quantizer's state") {
+  auto model = make_model();
+  quantsim sim(model, random_input(2, 1));
+  calibrate(sim);
+  const tensor x = random_input(4, 52);
+  const tensor y0 = sim.forward(x);
+  const auto saved = sim.snapshot();
+  sim.set_bitwidth("0.weight", 4);
+  sim.compute_param_encodings();
+  sim.set_enabled("2", false);
+  sim.activation_quantizer("7").freeze();
+  CHECK_FALSE(bit_identical(sim.forward(x), y0));
+  sim.restore(saved);
+  CHECK(bit_identical(sim.forward(x), y0));
+  CHECK(sim.param_quantizer("0.weight").bitwidth() == 8);
+  CHECK(sim.activation_quantizer("2").enabled());
+  CHECK_FALSE(sim.activation_quantizer("7").frozen());
+}
+
+TEST_CASE("quantsim can keep batch norms live; the validator follows") {
+  auto model = make_model();
+  const quantsim_options keep{batch_norm_mode::keep};
+  quantsim<decltype(model)> sim(model, random_input(2, 1), presets::w8a8::default_config(), {}, {},
+                                keep);
+  CHECK(sim.folded_batch_norms().empty());
+  CHECK(sim.has_quantizer("1"));             // the batch norm is a node
+  CHECK_FALSE(sim.activation_quantizer("0").enabled());  // conv + live BN are fused
+  CHECK(sim.node("1").kind == nn::op_kind::batch_norm);
+  // All quantizers off: exactly the unfolded model.
+  sim.set_all_enabled(false);
+  const tensor x = random_input(3, 53);
+  nn::set_training(model, false);
+  CHECK(bit_identical(sim.forward(x), nn::forward(model, x)));
+
+  // A batch norm with nothing to fold into is fine when kept, an error when folded.
+  auto lone = nn::sequential(nn::batch_norm(1), nn::conv2d(1, 2, 3), nn::global_avg_pool(),
+                         nn::flatten());
+  CHECK_NOTHROW(quantsim<decltype(lone)>(lone, random_input(1, 2),
+                                         presets::w8a8::default_config(), {}, {}, keep));
+  CHECK_THROWS_WITH_AS(quantsim<decltype(lone)>(lone, random_input(1, 2)),
+                       doctest::Contains("cannot be folded"), config_error);
 }

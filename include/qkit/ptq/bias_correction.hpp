@@ -23,8 +23,11 @@
 #include <utility>
 #include <vector>
 
+#include "../data/batch.hpp"
+#include "../data/dataset.hpp"
 #include "../error.hpp"
 #include "../nn/dataflow.hpp"
+#include "../sim/calibrate.hpp"
 #include "../sim/quantsim.hpp"
 #include "../tensor/tensor.hpp"
 
@@ -143,26 +146,9 @@ struct channel_mean_observer {
 
 /// Runs the first `count` samples through sim.forward(x, observer) in batches.
 template <class Sim, class Observer>
-void forward_samples(Sim& sim, const tensor& samples, std::size_t count, std::size_t batch,
+void forward_samples(Sim& sim, const data::dataset& ds, std::size_t count, std::size_t batch,
                      Observer& obs) {
-  const std::size_t N = std::min(count, samples.shape(0));
-  const std::size_t per = samples.size() / samples.shape(0);
-  for (std::size_t b = 0; b < N; b += batch) {
-    const std::size_t e = std::min(N, b + batch);
-    shape_type shape(samples.shape().begin(), samples.shape().end());
-    shape[0] = e - b;
-    tensor x = tensor::from_shape(shape);
-    std::copy(samples.data() + b * per, samples.data() + e * per, x.data());
-    (void)sim.forward(x, obs);
-  }
-}
-
-template <class Sim>
-void calibrate_on(Sim& sim, const tensor& samples, std::size_t count, std::size_t batch) {
-  sim.compute_encodings([&](Sim& s) {
-    struct none {} obs;
-    forward_samples(s, samples, count, batch, obs);
-  });
+  for (const data::batch& b : data::batches(ds, batch, count)) (void)sim.forward(b.samples, obs);
 }
 
 /// E[x] per input channel of `node` from the batch norm folded into the layer before it and the
@@ -244,18 +230,17 @@ inline void subtract(nn::weighted_layer& layer, const std::vector<double>& shift
 }  // namespace detail
 
 /// Corrects every conv/linear bias of the simulated model `sim` (a qkit::quantsim) in forward
-/// order, empirically on `samples` ([N, ...], the first options.samples of them) unless
+/// order, empirically on `samples` (the first options.samples of them) unless
 /// options.analytical_where_possible picks the data-free formula for a layer. Encodings are
 /// computed first on the first options.calibration_samples samples if the simulation has none,
 /// and the activation encodings are recomputed afterwards for the corrected model. Throws
 /// calibration_error for empty data and config_error for an unknown layer to ignore; on any
 /// failure the biases and quantizers are as they were.
 template <class Sim>
-bias_correction_report correct_bias(Sim& sim, const tensor& samples,
+bias_correction_report correct_bias(Sim& sim, const data::dataset& samples,
                                     const bias_correction_options& options = {}) {
-  QKIT_PRECONDITION(samples.dimension() >= 2 && samples.shape(0) > 0, calibration_error,
-                    "bias correction: no calibration data (samples of shape ",
-                    shape_string(samples.shape()), ")");
+  QKIT_PRECONDITION(!samples.empty(), calibration_error,
+                    "bias correction needs calibration data: the data set is empty");
   QKIT_PRECONDITION(options.samples > 0 && options.calibration_samples > 0 &&
                         options.batch_size > 0,
                     config_error, "bias correction: samples, calibration_samples and batch_size "
@@ -266,7 +251,7 @@ bias_correction_report correct_bias(Sim& sim, const tensor& samples,
   detail::bias_backup backup(sim);
   try {
     if (!detail::has_activation_encodings(sim))
-      detail::calibrate_on(sim, samples, options.calibration_samples, options.batch_size);
+      qkit::calibrate(sim, samples, options.calibration_samples, options.batch_size);
 
     // Which layers are corrected empirically, and their FP32 output means, all in one pass of
     // the unchanged model with every quantizer off.
@@ -313,7 +298,7 @@ bias_correction_report correct_bias(Sim& sim, const tensor& samples,
       report.layers.push_back(std::move(lc));
     }
     // The corrected biases move the activation ranges a little: calibrate them again.
-    detail::calibrate_on(sim, samples, options.calibration_samples, options.batch_size);
+    qkit::calibrate(sim, samples, options.calibration_samples, options.batch_size);
     report.recalibrated = true;
   } catch (...) {
     backup.restore();
@@ -371,7 +356,7 @@ bias_correction_report correct_bias_analytical(Sim& sim,
 /// error bias correction removes (for checking it, on held-out data).
 template <class Sim>
 std::vector<std::pair<std::string, std::vector<double>>> mean_output_error(
-    Sim& sim, const tensor& samples, std::size_t count, std::size_t batch_size = 64) {
+    Sim& sim, const data::dataset& samples, std::size_t count, std::size_t batch_size = 64) {
   std::vector<std::string> names;
   for (const auto& n : sim.dataflow().nodes)
     if (n.weighted) names.push_back(n.name);
