@@ -54,6 +54,9 @@ struct bias_correction_options {
   /// Analytical correction where a batch norm precedes the layer (AIMET:
   /// perform_only_empirical_bias_corr = False); empirical elsewhere.
   bool analytical_where_possible = false;
+  /// Recompute the activation encodings afterwards (the corrected biases move the ranges a
+  /// little). Off: the encodings the correction was measured with stay.
+  bool recalibrate = true;
   /// Layers left alone, by name.
   std::vector<std::string> layers_to_ignore;
   std::function<void(const bias_correction_progress&)> progress;
@@ -298,8 +301,10 @@ bias_correction_report correct_bias(Sim& sim, const data::dataset& samples,
       report.layers.push_back(std::move(lc));
     }
     // The corrected biases move the activation ranges a little: calibrate them again.
-    qkit::calibrate(sim, samples, options.calibration_samples, options.batch_size);
-    report.recalibrated = true;
+    if (options.recalibrate) {
+      qkit::calibrate(sim, samples, options.calibration_samples, options.batch_size);
+      report.recalibrated = true;
+    }
   } catch (...) {
     backup.restore();
     sim.restore(state);
@@ -352,29 +357,33 @@ bias_correction_report correct_bias_analytical(Sim& sim,
 }
 
 /// Per layer (conv/linear, forward order) and channel: the mean over (N, H, W) of the quantized
-/// output minus the FP32 output, both before the activation, on the first `count` samples — the
-/// error bias correction removes (for checking it, on held-out data).
+/// output of `sim` minus the output of `fp32_model` (the float model the simulation was built
+/// from, batch norms treated as the simulation treats them), both before the activation, on the
+/// first `count` samples — the error bias correction removes, for checking it on held-out data.
+/// The reference must be the model as it was before correction: a simulation with its
+/// quantizers off computes with the corrected biases.
 template <class Sim>
 std::vector<std::pair<std::string, std::vector<double>>> mean_output_error(
-    Sim& sim, const data::dataset& samples, std::size_t count, std::size_t batch_size = 64) {
+    Sim& sim, const typename Sim::model_type& fp32_model, const data::dataset& samples,
+    std::size_t count, std::size_t batch_size = 64) {
+  QKIT_PRECONDITION(!samples.empty() && count > 0, calibration_error,
+                    "mean_output_error: no data");
   std::vector<std::string> names;
   for (const auto& n : sim.dataflow().nodes)
     if (n.weighted) names.push_back(n.name);
+  quantsim<typename Sim::model_type, presets::fp32> reference(
+      fp32_model, data::first(samples, 1).samples(), presets::fp32::default_config(), {}, {},
+      sim.options());
   detail::channel_mean_observer q(names), fp(names);
   detail::forward_samples(sim, samples, count, batch_size, q);
-  const auto state = sim.snapshot();
-  sim.set_all_enabled(false);
-  try {
-    detail::forward_samples(sim, samples, count, batch_size, fp);
-  } catch (...) {
-    sim.restore(state);
-    throw;
-  }
-  sim.restore(state);
+  detail::forward_samples(reference, samples, count, batch_size, fp);
   std::vector<std::pair<std::string, std::vector<double>>> out;
   for (std::size_t i = 0; i < names.size(); ++i) {
     auto d = q.mean(i);
     const auto f = fp.mean(i);
+    QKIT_PRECONDITION(f.size() == d.size(), shape_error, "mean_output_error: layer '", names[i],
+                      "' has ", d.size(), " channels in the simulation, ", f.size(),
+                      " in the reference model");
     for (std::size_t c = 0; c < d.size(); ++c) d[c] -= f[c];
     out.emplace_back(names[i], std::move(d));
   }
