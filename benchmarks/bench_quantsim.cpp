@@ -5,29 +5,28 @@
 // is seeded, not trained.
 #include <benchmark/benchmark.h>
 
+#include <qkit/data/dataset.hpp>
 #include <qkit/io/idx.hpp>
+#include <qkit/sim/calibrate.hpp>
+#include <qkit/sim/quantsim.hpp>
 
 #include "../examples/models/fashion_mobilenet.hpp"
-#include "../examples/models/quantize_pipeline.hpp"
+#include "../examples/models/training.hpp"
 
 namespace {
 
 using model_t = fashion::model_type;
 
-const qkit::tensor& images_1000() {
-  static const qkit::tensor x = [] {
+const qkit::data::dataset& images_1000() {
+  static const qkit::data::dataset x = [] {
     auto d = qkit::io::load_fashion_mnist(QKIT_FASHION_MNIST, true, 1000);
     fashion::normalize(d.images, fashion::pixel_mean, fashion::pixel_std);
-    return d.images;
+    return qkit::data::dataset(std::move(d.images));
   }();
   return x;
 }
 
-qkit::tensor batch(std::size_t n) {
-  std::vector<std::size_t> idx(n);
-  std::iota(idx.begin(), idx.end(), std::size_t{0});
-  return fashion::gather_batch(images_1000(), idx, 0, n);
-}
+qkit::tensor batch(std::size_t n) { return qkit::data::first(images_1000(), n).samples(); }
 
 model_t seeded_model() {
   auto m = fashion::make_model();
@@ -51,7 +50,7 @@ template <class Preset>
 void BM_quantsim_forward(benchmark::State& state) {
   set_threads(state);
   qkit::quantsim<model_t, Preset> sim(seeded_model(), batch(1));
-  fashion::calibrate(sim, batch(200));
+  qkit::calibrate(sim, images_1000(), 200);
   const qkit::tensor x = batch(std::size_t(state.range(0)));
   for (auto _ : state) benchmark::DoNotOptimize(sim.forward(x));
   state.SetItemsProcessed(state.iterations() * state.range(0));
@@ -62,8 +61,7 @@ void BM_compute_encodings_1000(benchmark::State& state) {
   set_threads(state);
   qkit::quantsim<model_t, qkit::presets::w8a8, qkit::minmax_range, ActRange> sim(seeded_model(),
                                                                               batch(1));
-  const qkit::tensor& calib = images_1000();
-  for (auto _ : state) fashion::calibrate(sim, calib);
+  for (auto _ : state) qkit::calibrate(sim, images_1000(), 1000);
   state.SetItemsProcessed(state.iterations() * 1000);
 }
 

@@ -18,6 +18,7 @@
 #include <string>
 #include <unistd.h>
 
+#include <qkit/data/dataset.hpp>
 #include <qkit/io/idx.hpp>
 #include <qkit/nn/nn.hpp>
 
@@ -91,15 +92,10 @@ options parse_args(int argc, char** argv) {
   return o;
 }
 
-struct dataset {
-  qkit::tensor images;
-  std::vector<std::uint8_t> labels;
-};
-
-dataset load_split(const std::string& dir, bool train) {
+qkit::data::dataset load_split(const std::string& dir, bool train) {
   auto d = qkit::io::load_fashion_mnist(dir, train);
   fashion::normalize(d.images, fashion::pixel_mean, fashion::pixel_std);
-  return {std::move(d.images), std::move(d.labels)};
+  return qkit::data::dataset(std::move(d.images), d.labels);
 }
 
 /// Progress on one line rewritten with \r on a terminal; plain lines (a few per epoch) when
@@ -131,34 +127,6 @@ class progress_printer {
   std::size_t next_line_ = 0;
 };
 
-/// SGD (Nesterov momentum 0.9, weight decay 5e-4) with a linear warm-up over the first 200
-/// steps, then cosine decay to zero over all epochs.
-template <class Model>
-void train(Model& model, const dataset& train_set, const options& o) {
-  qkit::nn::init_parameters(model, o.seed);
-  qkit::nn::sgd opt({.lr = 0.1f, .momentum = 0.9f, .weight_decay = 5e-4f, .nesterov = true});
-  fashion::train_settings s;
-  s.fill = (0.0f - fashion::pixel_mean) / fashion::pixel_std;
-  const std::size_t steps_per_epoch = (train_set.images.shape(0) + s.batch_size - 1) / s.batch_size;
-  const std::size_t total_steps = steps_per_epoch * o.epochs;
-  const float base_lr = 0.1f;
-  progress_printer print;
-  for (std::size_t epoch = 0; epoch < o.epochs; ++epoch) {
-    const auto lr_at = [&](std::size_t step) {
-      const std::size_t global = epoch * steps_per_epoch + step;
-      const float warm = std::min(1.0f, float(global + 1) / 200.0f);
-      return warm * qkit::nn::cosine_lr(base_lr, global, total_steps);
-    };
-    fashion::train_epoch(model, opt, train_set.images, train_set.labels, s,
-                         o.seed * 1000003u + std::uint32_t(epoch), lr_at,
-                         [&](fashion::epoch_progress p) {
-                           p.epoch = epoch + 1;
-                           p.epochs = o.epochs;
-                           print(p);
-                         });
-  }
-}
-
 /// Loads OUT/fashion_mobilenet.npz if present (unless --retrain); otherwise trains and saves.
 template <class Model>
 void train_or_load(Model& model, const options& o, const std::filesystem::path& weights) {
@@ -172,12 +140,16 @@ void train_or_load(Model& model, const options& o, const std::filesystem::path& 
     std::printf("loaded %s (pass --retrain to train again)\n", weights.string().c_str());
     return;
   }
-  const dataset train_set = load_split(o.data_dir, true);
+  const qkit::data::dataset train_set = load_split(o.data_dir, true);
   std::printf("training on %zu images for %zu epochs, %zu threads, %zu parameters\n",
-              train_set.images.shape(0), o.epochs, qkit::get_num_threads(),
+              train_set.size(), o.epochs, qkit::get_num_threads(),
               qkit::nn::parameter_count(model));
   const auto t0 = std::chrono::steady_clock::now();
-  train(model, train_set, o);
+  fashion::train_recipe recipe;
+  recipe.epochs = o.epochs;
+  recipe.seed = o.seed;
+  recipe.batches.fill = (0.0f - fashion::pixel_mean) / fashion::pixel_std;
+  fashion::train(model, train_set, recipe, progress_printer());
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("trained in %.1f s (%.1f s per epoch)\n", secs, secs / double(o.epochs));
   qkit::nn::save_weights(model, weights);
@@ -192,18 +164,18 @@ int run(const options& o) {
   auto model = fashion::make_model();
   train_or_load(model, o, weights);
 
-  const dataset test_set = load_split(o.data_dir, false);
+  const qkit::data::dataset test_set = load_split(o.data_dir, false);
   const auto t0 = std::chrono::steady_clock::now();
-  const double acc = fashion::evaluate(model, test_set.images, test_set.labels);
+  const double acc = qkit::nn::evaluate(model, test_set);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("FP32 test accuracy: %.2f%% (%zu images, %.1f s)\n", 100.0 * acc,
-              test_set.images.shape(0), secs);
+              test_set.size(), secs);
   if (o.train_only) return 0;
 
   // QuantSim at every precision preset, calibrated on 1,000 training images; each precision's
   // encodings, folded weights and ONNX model are written to OUT/<precision>/.
-  const dataset train_set = load_split(o.data_dir, true);
-  fashion::precision_table(model, train_set.images, test_set.images, test_set.labels, o.out_dir);
+  const qkit::data::dataset train_set = load_split(o.data_dir, true);
+  fashion::precision_table(model, train_set, test_set, o.out_dir);
   return 0;
 }
 

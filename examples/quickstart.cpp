@@ -14,19 +14,19 @@ int main() {
 
   std::mt19937 rng(0);
   std::normal_distribution<float> normal;
-  auto batch = [&] {
-    tensor x = tensor::from_shape({16, 1, 28, 28});
+  auto images = [&](std::size_t n) {
+    tensor x = tensor::from_shape({n, 1, 28, 28});
     for (auto& v : x) v = normal(rng);
     return x;
   };
 
   // W8A8 with AIMET's default config: batch norms folded, supergroups fused, quantizers placed.
-  quantsim<decltype(model), presets::w8a8> sim(model, batch());
-  sim.compute_encodings([&](auto& s) {
-    for (int i = 0; i < 8; ++i) s.forward(batch());
-  });
+  quantsim<decltype(model), presets::w8a8> sim(model, images(16));
+  // Calibrate on 128 samples, forwarded in batches of 16.
+  const data::dataset calibration(images(128));
+  calibrate(sim, calibration, calibration.size(), 16);
 
-  const tensor logits = sim.forward(batch());
+  const tensor logits = sim.forward(images(16));
   std::printf("logits shape [%zu, %zu]\n%s", logits.shape(0), logits.shape(1),
               sim.summary().c_str());
   sim.export_encodings("quickstart_encodings.json");  // AIMET's 1.0.0 format

@@ -7,38 +7,22 @@
 #include <cstdio>
 #include <cstddef>
 #include <filesystem>
-#include <numeric>
 #include <string>
 #include <vector>
 
+#include <qkit/data/dataset.hpp>
+#include <qkit/nn/evaluate.hpp>
+#include <qkit/sim/calibrate.hpp>
 #include <qkit/sim/quantsim.hpp>
 #if defined(QKIT_WITH_ONNX)
 #include <qkit/sim/quantsim_export.hpp>
 #endif
 
-#include "training.hpp"
-
 namespace fashion {
 
-/// The first `count` images of a fixed seeded shuffle of `images`: the calibration set.
-inline qkit::tensor calibration_images(const qkit::tensor& images, std::size_t count,
-                                       std::uint32_t seed = 2024) {
-  std::vector<std::size_t> idx(images.shape(0));
-  std::iota(idx.begin(), idx.end(), std::size_t{0});
-  std::mt19937 rng(seed);
-  std::shuffle(idx.begin(), idx.end(), rng);
-  return gather_batch(images, idx, 0, std::min(count, idx.size()));
-}
-
-/// Calibrates `sim` on `calib` in batches of `batch_size` (AIMET-style forward callback).
-template <class Sim>
-void calibrate(Sim& sim, const qkit::tensor& calib, std::size_t batch_size = 100) {
-  std::vector<std::size_t> idx(calib.shape(0));
-  std::iota(idx.begin(), idx.end(), std::size_t{0});
-  sim.compute_encodings([&](Sim& s) {
-    for (std::size_t b = 0; b < idx.size(); b += batch_size)
-      (void)s.forward(gather_batch(calib, idx, b, std::min(idx.size(), b + batch_size)));
-  });
+/// The example's calibration set: 1,000 training images chosen at random with a fixed seed.
+inline qkit::data::dataset calibration_set(const qkit::data::dataset& train) {
+  return qkit::data::random_subset(train, 1000, 2024);
 }
 
 struct precision_result {
@@ -54,23 +38,21 @@ inline std::string folder_name(std::string label) {
   return label;
 }
 
-/// Simulates `model` at Preset: calibrate on `calib`, evaluate on the test set, and (if
-/// `out` is not empty) write encodings (AIMET 1.0.0 and 0.6.1), the folded weights and the
-/// ONNX QDQ model into out/<preset>/.
-template <class Preset, class Model, class Labels>
-precision_result simulate_precision(const Model& model, const qkit::tensor& calib,
-                                    const qkit::tensor& test_images, const Labels& test_labels,
+/// Simulates `model` at Preset: calibrate on all of `calib` (batches of 100), evaluate on the
+/// test set, and (if `out` is not empty) write encodings (AIMET 1.0.0 and 0.6.1), the folded
+/// weights and the ONNX QDQ model into out/<preset>/.
+template <class Preset, class Model>
+precision_result simulate_precision(const Model& model, const qkit::data::dataset& calib,
+                                    const qkit::data::dataset& test,
                                     const std::filesystem::path& out = {}) {
   precision_result r;
   r.label = Preset::label();
-  const std::vector<std::size_t> first{0};
-  qkit::quantsim<Model, Preset> sim(model, gather_batch(calib, first, 0, 1));
+  qkit::quantsim<Model, Preset> sim(model, qkit::data::first(calib, 1).samples());
   const auto t0 = std::chrono::steady_clock::now();
-  calibrate(sim, calib);
+  qkit::calibrate(sim, calib, calib.size());
   r.calibration_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  r.accuracy = accuracy_of([&](const qkit::tensor& x) { return sim.forward(x); }, test_images,
-                           test_labels);
+  r.accuracy = qkit::nn::evaluate(sim, test);
   if (!out.empty()) {
     r.exported = out / folder_name(r.label);
     std::filesystem::create_directories(r.exported);
@@ -87,17 +69,16 @@ precision_result simulate_precision(const Model& model, const qkit::tensor& cali
 /// The example's table: QuantSim at FP32, W16A16, W8A16, W8A8, W4A8 (per-tensor and
 /// per-channel weights) and FP16, calibrated on 1,000 training images, with test accuracy per
 /// precision; each precision's encodings, weights and ONNX model go to out/<precision>/.
-template <class Model, class Labels>
-std::vector<precision_result> precision_table(const Model& model, const qkit::tensor& train_images,
-                                              const qkit::tensor& test_images,
-                                              const Labels& test_labels,
+template <class Model>
+std::vector<precision_result> precision_table(const Model& model, const qkit::data::dataset& train,
+                                              const qkit::data::dataset& test,
                                               const std::filesystem::path& out) {
   namespace p = qkit::presets;
-  const qkit::tensor calib = calibration_images(train_images, 1000);
+  const qkit::data::dataset calib = calibration_set(train);
   std::vector<precision_result> rows;
   std::printf("\n%-22s %10s %12s\n", "precision", "accuracy", "calibration");
   auto run = [&](auto preset) {
-    rows.push_back(simulate_precision<decltype(preset)>(model, calib, test_images, test_labels, out));
+    rows.push_back(simulate_precision<decltype(preset)>(model, calib, test, out));
     const auto& r = rows.back();
     std::printf("%-22s %9.2f%% %10.2f s\n", r.label.c_str(), 100.0 * r.accuracy,
                 r.calibration_seconds);

@@ -1,7 +1,7 @@
-// examples/models/training.hpp — the pieces of a training/evaluation loop over an in-memory
-// image classification data set that the examples, tests and benchmarks share: normalization,
-// batch assembly (with optional flip/shift augmentation), evaluation in batches, and one
-// training epoch with a progress callback.
+// examples/models/training.hpp — the pieces of a training loop over an in-memory image
+// classification data set (qkit::data::dataset) that the examples and tests share:
+// normalization, batch assembly in a shuffled order with optional flip/shift augmentation, and
+// one training epoch with a progress callback. Evaluation is the library's (qkit::nn::evaluate).
 #pragma once
 
 #include <algorithm>
@@ -13,6 +13,7 @@
 #include <random>
 #include <vector>
 
+#include <qkit/data/dataset.hpp>
 #include <qkit/nn/nn.hpp>
 
 namespace fashion {
@@ -62,33 +63,6 @@ std::vector<int> gather_labels(const Labels& labels, const std::vector<std::size
   return out;
 }
 
-/// Runs forward(batch) over images in batches; the fraction whose arg-max logit equals the
-/// label. Works for any forward: a model's, or a QuantSim's.
-template <class Forward, class Labels>
-double accuracy_of(Forward&& forward, const qkit::tensor& images, const Labels& labels,
-                   std::size_t batch_size = 500) {
-  const std::size_t N = images.shape(0);
-  std::vector<std::size_t> idx(N);
-  std::iota(idx.begin(), idx.end(), std::size_t{0});
-  std::size_t correct = 0;
-  for (std::size_t b = 0; b < N; b += batch_size) {
-    const std::size_t e = std::min(N, b + batch_size);
-    const qkit::tensor logits = forward(gather_batch(images, idx, b, e));
-    for (std::size_t i = b; i < e; ++i)
-      correct += qkit::nn::argmax_row(logits, i - b) == std::size_t(labels[i]);
-  }
-  return N ? double(correct) / double(N) : 0.0;
-}
-
-/// The model's accuracy in inference mode.
-template <class Model, class Labels>
-double evaluate(Model& model, const qkit::tensor& images, const Labels& labels,
-                std::size_t batch_size = 500) {
-  qkit::nn::set_training(model, false);
-  return accuracy_of([&](const qkit::tensor& x) { return qkit::nn::forward(model, x); }, images,
-                     labels, batch_size);
-}
-
 /// Progress of a training epoch, reported after every batch.
 struct epoch_progress {
   std::size_t epoch = 0, epochs = 0, seen = 0, total = 0;
@@ -104,13 +78,16 @@ struct train_settings {
 
 /// One pass over the data in a seeded random order; lr_at(step within the epoch) sets the
 /// learning rate of each step. Returns the epoch's mean loss and running accuracy.
-template <class Model, class Optimizer, class Labels>
-epoch_progress train_epoch(Model& model, Optimizer& opt, const qkit::tensor& images,
-                           const Labels& labels, const train_settings& s, std::uint32_t seed,
+template <class Model, class Optimizer>
+epoch_progress train_epoch(Model& model, Optimizer& opt, const qkit::data::dataset& data,
+                           const train_settings& s, std::uint32_t seed,
                            const std::function<float(std::size_t)>& lr_at,
                            const std::function<void(const epoch_progress&)>& report) {
+  QKIT_PRECONDITION(data.has_labels(), qkit::data_error, "train_epoch: the data set has no labels");
   qkit::nn::set_training(model, true);
-  const std::size_t N = images.shape(0);
+  const qkit::tensor& images = data.samples();
+  const auto labels = data.labels();
+  const std::size_t N = data.size();
   std::vector<std::size_t> order(N);
   std::iota(order.begin(), order.end(), std::size_t{0});
   std::mt19937 rng(seed);
@@ -141,6 +118,40 @@ epoch_progress train_epoch(Model& model, Optimizer& opt, const qkit::tensor& ima
     if (report) report(p);
   }
   return p;
+}
+
+/// The example's training recipe: seeded initialization, then SGD (Nesterov momentum 0.9,
+/// weight decay 5e-4) from learning rate 0.1 with a linear warm-up over the first 200 steps and
+/// cosine decay to zero over all epochs; epoch e shuffles and augments with seed
+/// seed · 1000003 + e.
+struct train_recipe {
+  std::size_t epochs = 12;
+  std::uint32_t seed = 1;
+  train_settings batches;
+};
+
+template <class Model>
+void train(Model& model, const qkit::data::dataset& data, const train_recipe& r,
+           const std::function<void(const epoch_progress&)>& report = nullptr) {
+  qkit::nn::init_parameters(model, r.seed);
+  qkit::nn::sgd opt({.lr = 0.1f, .momentum = 0.9f, .weight_decay = 5e-4f, .nesterov = true});
+  const train_settings& s = r.batches;
+  const std::size_t steps_per_epoch = (data.size() + s.batch_size - 1) / s.batch_size;
+  const std::size_t total_steps = steps_per_epoch * r.epochs;
+  const float base_lr = 0.1f;
+  for (std::size_t epoch = 0; epoch < r.epochs; ++epoch) {
+    const auto lr_at = [&](std::size_t step) {
+      const std::size_t global = epoch * steps_per_epoch + step;
+      const float warm = std::min(1.0f, float(global + 1) / 200.0f);
+      return warm * qkit::nn::cosine_lr(base_lr, global, total_steps);
+    };
+    train_epoch(model, opt, data, s, r.seed * 1000003u + std::uint32_t(epoch), lr_at,
+                [&](epoch_progress p) {
+                  p.epoch = epoch + 1;
+                  p.epochs = r.epochs;
+                  if (report) report(p);
+                });
+  }
 }
 
 }  // namespace fashion

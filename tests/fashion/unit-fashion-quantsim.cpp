@@ -6,10 +6,14 @@
 #include <cstring>
 #include <filesystem>
 
+#include <qkit/data/dataset.hpp>
 #include <qkit/io/idx.hpp>
+#include <qkit/nn/evaluate.hpp>
+#include <qkit/sim/calibrate.hpp>
 
 #include "../../examples/models/fashion_mobilenet.hpp"
 #include "../../examples/models/quantize_pipeline.hpp"
+#include "../../examples/models/training.hpp"
 #include "export/ort_runner.hpp"
 
 namespace fs = std::filesystem;
@@ -17,30 +21,26 @@ using namespace qkit;
 
 namespace {
 
+data::dataset load_split(bool train) {
+  auto d = io::load_fashion_mnist(QKIT_FASHION_MNIST, train);
+  fashion::normalize(d.images, fashion::pixel_mean, fashion::pixel_std);
+  return data::dataset(std::move(d.images), d.labels);
+}
+
 struct fashion_data {
   fashion::model_type model = fashion::make_model();
-  qkit::io::idx_dataset test, train;
-  tensor calib;
-  fashion_data() {
+  data::dataset test, calib;  // the example's calibration set, from the training images
+  fashion_data() : test(load_split(false)), calib(fashion::calibration_set(load_split(true))) {
     nn::load_weights(model, QKIT_FASHION_MODEL);
-    test = io::load_fashion_mnist(QKIT_FASHION_MNIST, false);
-    train = io::load_fashion_mnist(QKIT_FASHION_MNIST, true);
-    fashion::normalize(test.images, fashion::pixel_mean, fashion::pixel_std);
-    fashion::normalize(train.images, fashion::pixel_mean, fashion::pixel_std);
-    calib = fashion::calibration_images(train.images, 1000);
   }
 };
 
-const fashion_data& data() {
+const fashion_data& fixture() {
   static const fashion_data d;
   return d;
 }
 
-tensor first_images(std::size_t n) {
-  std::vector<std::size_t> idx(n);
-  std::iota(idx.begin(), idx.end(), std::size_t{0});
-  return fashion::gather_batch(data().test.images, idx, 0, n);
-}
+tensor first_images(std::size_t n) { return data::first(fixture().test, n).samples(); }
 
 bool bit_identical(const tensor& a, const tensor& b) {
   return a.shape() == b.shape() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
@@ -55,30 +55,30 @@ fs::path out_dir() {
 }  // namespace
 
 TEST_CASE("trained model: QuantSim with quantizers off or at 32 bits is bit-identical to FP32") {
-  auto folded = data().model;
+  auto folded = fixture().model;
   fold_batch_norms(folded);
   const tensor x = first_images(500);
   const tensor expected = nn::forward(folded, x);
 
-  quantsim<fashion::model_type, presets::w8a8> sim(data().model, first_images(1));
-  fashion::calibrate(sim, data().calib);
+  quantsim<fashion::model_type, presets::w8a8> sim(fixture().model, first_images(1));
+  calibrate(sim, fixture().calib, 1000);
   CHECK_FALSE(bit_identical(sim.forward(x), expected));
   sim.set_all_enabled(false);
   CHECK(bit_identical(sim.forward(x), expected));
 
-  quantsim<fashion::model_type, presets::fp32> sim32(data().model, first_images(1));
-  fashion::calibrate(sim32, data().calib);
+  quantsim<fashion::model_type, presets::fp32> sim32(fixture().model, first_images(1));
+  calibrate(sim32, fixture().calib, 1000);
   CHECK(bit_identical(sim32.forward(x), expected));
 }
 
 TEST_CASE("trained model: accuracy per precision") {
-  auto& d = data();
+  auto& d = fixture();
   auto model = d.model;
-  const double fp32 = fashion::evaluate(model, d.test.images, d.test.labels);
+  const double fp32 = nn::evaluate(model, d.test);
   CHECK(fp32 >= 0.90);
   auto run = [&](auto preset_tag) {
     using P = decltype(preset_tag);
-    const auto r = fashion::simulate_precision<P>(d.model, d.calib, d.test.images, d.test.labels);
+    const auto r = fashion::simulate_precision<P>(d.model, d.calib, d.test);
     MESSAGE(r.label << ": " << 100.0 * r.accuracy << "% (FP32 " << 100.0 * fp32 << "%)");
     return r.accuracy;
   };
@@ -100,7 +100,7 @@ void compare_with_ort(Sim& sim, const std::string& name, const std::string& opt,
                       double min_agreement, double max_steps) {
   const fs::path path = out_dir() / (name + ".onnx");
   export_onnx(sim, path);
-  const tensor& x = data().test.images;
+  const tensor& x = fixture().test.samples();
   const tensor y = sim.forward(x);
   std::vector<float> in(x.begin(), x.end()), out;
   REQUIRE(qkit_test::run_ort(path, in, {std::int64_t(x.shape(0)), 1, 28, 28}, out, opt));
@@ -129,10 +129,10 @@ void compare_with_ort(Sim& sim, const std::string& name, const std::string& opt,
 }  // namespace
 
 TEST_CASE("trained model: exported QDQ ONNX runs in ONNX Runtime like QuantSim") {
-  auto& d = data();
+  auto& d = fixture();
   {
     quantsim<fashion::model_type, presets::w8a8> sim(d.model, first_images(1));
-    fashion::calibrate(sim, d.calib);
+    calibrate(sim, d.calib, 1000);
     compare_with_ort(sim, "fashion_w8a8", "disabled", 0.999, 1.0);
     // ORT's default level fuses QDQ into integer kernels (QLinearConv...), whose requantization
     // a float simulation does not reproduce exactly: agreement is lower, differences larger.
@@ -140,7 +140,7 @@ TEST_CASE("trained model: exported QDQ ONNX runs in ONNX Runtime like QuantSim")
   }
   {
     quantsim<fashion::model_type, presets::w4a8_per_channel> sim(d.model, first_images(1));
-    fashion::calibrate(sim, d.calib);
+    calibrate(sim, d.calib, 1000);
     compare_with_ort(sim, "fashion_w4a8_pc", "disabled", 0.999, 1.0);
   }
 }

@@ -72,8 +72,9 @@ TEST_CASE("fashion MobileNet: training steps on real images lower the loss") {
     MESSAGE("Fashion-MNIST not installed in " << dir << "; skipped");
     return;
   }
-  auto data = qkit::io::load_fashion_mnist(dir, true, 512);
-  fashion::normalize(data.images, fashion::pixel_mean, fashion::pixel_std);
+  auto raw = qkit::io::load_fashion_mnist(dir, true, 512);
+  fashion::normalize(raw.images, fashion::pixel_mean, fashion::pixel_std);
+  const qkit::data::dataset data(std::move(raw.images), raw.labels);
   auto model = fashion::make_model();
   qkit::nn::init_parameters(model, 3);
   qkit::nn::sgd opt({.lr = 0.05f, .momentum = 0.9f});
@@ -83,11 +84,11 @@ TEST_CASE("fashion MobileNet: training steps on real images lower the loss") {
   s.max_shift = 0;
   std::vector<double> losses;
   for (std::uint32_t epoch = 0; epoch < 4; ++epoch) {
-    auto p = fashion::train_epoch(model, opt, data.images, data.labels, s, epoch,
+    auto p = fashion::train_epoch(model, opt, data, s, epoch,
                                   [](std::size_t) { return 0.05f; }, nullptr);
     losses.push_back(p.loss);
   }
   CHECK(losses.back() < 0.8 * losses.front());
-  const double acc = fashion::evaluate(model, data.images, data.labels, 128);
+  const double acc = qkit::nn::evaluate(model, data, 128);
   CHECK(acc > 0.5);
 }
