@@ -1,6 +1,6 @@
-// QuantSim on the trained Fashion-MNIST model (trained or reloaded by the fashion/train_model
-// fixture): the FP32 check, accuracy per precision, and the exported ONNX model run in ONNX
-// Runtime on all 10,000 test images.
+// QuantSim on the trained Fashion-MNIST model (the committed weights of tests/fashion/data/):
+// the FP32 check, accuracy per precision, and the exported ONNX model run in ONNX Runtime on
+// all 10,000 test images.
 #include <doctest/doctest.h>
 
 #include <cstring>
