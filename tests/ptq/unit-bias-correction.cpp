@@ -5,10 +5,12 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 
 #include <qkit/nn/nn.hpp>
 #include <qkit/ptq/bias_correction.hpp>
+#include <qkit/ptq/cross_layer_equalization.hpp>
 #include <qkit/sim/quantsim.hpp>
 
 using namespace qkit;
@@ -145,4 +147,39 @@ TEST_CASE("bias correction: bad input is refused and leaves the simulation as it
   CHECK_THROWS_AS(ptq::correct_bias(sim, samples_with_mean(8, {0, 0, 0}, 2)), shape_error);
   CHECK(sim.model().get<0>().bias() == bias);
   CHECK(!sim.activation_quantizer("input").has_encodings());
+}
+
+TEST_CASE("bias correction and equalization give the same bits on one and on two threads") {
+  auto make = [] {
+    auto m = sequential(conv2d(1, 8, 3, {.padding = 1, .bias = false}), batch_norm(8), relu6(),
+                        conv2d(8, 8, 3, {.padding = 1, .groups = 8}), relu(), conv2d(8, 4, 1),
+                        global_avg_pool(), flatten(), linear(4, 3));
+    init_parameters(m, 5);
+    return m;
+  };
+  tensor images = tensor::from_shape({96, 1, 10, 10});
+  std::mt19937 rng(6);
+  std::normal_distribution<float> d(0.3f, 1.0f);
+  for (auto& v : images) v = d(rng);
+  const data::dataset data(images);
+  auto run = [&](std::size_t threads) {
+    set_num_threads(threads);
+    auto m = make();
+    (void)ptq::equalize(m, data::first(data, 1).samples());
+    quantsim<decltype(m), presets::w4a8> sim(m, data::first(data, 1).samples());
+    ptq::bias_correction_options o;
+    o.samples = 64;
+    o.calibration_samples = 96;
+    o.batch_size = 32;
+    (void)ptq::correct_bias(sim, data, o);
+    std::vector<tensor> params;
+    for_each_parameter(sim.model(), [&](const std::string&, tensor& v, tensor*) { params.push_back(v); });
+    return std::make_pair(params, sim.forward(data.samples()));
+  };
+  const auto one = run(1), two = run(2);
+  set_num_threads(0);
+  REQUIRE(one.first.size() == two.first.size());
+  for (std::size_t i = 0; i < one.first.size(); ++i)
+    CHECK(std::memcmp(one.first[i].data(), two.first[i].data(), one.first[i].size() * 4) == 0);
+  CHECK(std::memcmp(one.second.data(), two.second.data(), one.second.size() * 4) == 0);
 }
