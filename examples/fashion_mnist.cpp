@@ -5,7 +5,10 @@
 // of retrained unless --retrain is given, so later stages start in seconds. Then QuantSim
 // simulates it at FP32, W16A16, W8A16, W8A8, W4A8 (per-tensor and per-channel weights) and
 // FP16, calibrated on 1,000 training images, prints test accuracy per precision, and exports
-// each precision's encodings, weights and ONNX QDQ model into OUT/<precision>/.
+// each precision's encodings, weights and ONNX QDQ model into OUT/<precision>/. Finally it
+// repairs per-tensor W4A8 and W8A8 with cross-layer equalization and bias correction
+// (examples/models/ptq_pipeline.hpp), prints the accuracy before and after, and exports the
+// repaired simulations into OUT/<precision>_cle_bc/.
 //
 //   fashion_mnist --data /usr/share/datasets/fashion-mnist --out out [--epochs N] [--retrain]
 //                 [--train-only] [--threads N] [--seed S]
@@ -23,6 +26,7 @@
 #include <qkit/nn/nn.hpp>
 
 #include "models/fashion_mobilenet.hpp"
+#include "models/ptq_pipeline.hpp"
 #include "models/quantize_pipeline.hpp"
 #include "models/training.hpp"
 
@@ -176,6 +180,10 @@ int run(const options& o) {
   // encodings, folded weights and ONNX model are written to OUT/<precision>/.
   const qkit::data::dataset train_set = load_split(o.data_dir, true);
   fashion::precision_table(model, train_set, test_set, o.out_dir);
+
+  // PTQ: cross-layer equalization and bias correction repair per-tensor W4A8 (and W8A8); the
+  // repaired simulations are exported like the others, to OUT/<precision>_cle_bc/.
+  fashion::repair_table(model, train_set, test_set, o.out_dir);
   return 0;
 }
 

@@ -38,6 +38,19 @@ inline std::string folder_name(std::string label) {
   return label;
 }
 
+/// Writes a calibrated simulation's encodings (AIMET 1.0.0 and 0.6.1), folded weights and ONNX
+/// QDQ model (when built with ONNX) into `dir`.
+template <class Sim>
+void export_simulation(Sim& sim, const std::filesystem::path& dir) {
+  std::filesystem::create_directories(dir);
+  sim.export_encodings(dir / "encodings.json", qkit::io::format_version::v1_0_0);
+  sim.export_encodings(dir / "encodings_0.6.1.json", qkit::io::format_version::v0_6_1);
+  sim.save_weights(dir / "weights.npz");
+#if defined(QKIT_WITH_ONNX)
+  qkit::export_onnx(sim, dir / "model.onnx");
+#endif
+}
+
 /// Simulates `model` at Preset: calibrate on all of `calib` (batches of 100), evaluate on the
 /// test set, and (if `out` is not empty) write encodings (AIMET 1.0.0 and 0.6.1), the folded
 /// weights and the ONNX QDQ model into out/<preset>/.
@@ -55,13 +68,7 @@ precision_result simulate_precision(const Model& model, const qkit::data::datase
   r.accuracy = qkit::nn::evaluate(sim, test);
   if (!out.empty()) {
     r.exported = out / folder_name(r.label);
-    std::filesystem::create_directories(r.exported);
-    sim.export_encodings(r.exported / "encodings.json", qkit::io::format_version::v1_0_0);
-    sim.export_encodings(r.exported / "encodings_0.6.1.json", qkit::io::format_version::v0_6_1);
-    sim.save_weights(r.exported / "weights.npz");
-#if defined(QKIT_WITH_ONNX)
-    qkit::export_onnx(sim, r.exported / "model.onnx");
-#endif
+    export_simulation(sim, r.exported);
   }
   return r;
 }

@@ -18,6 +18,7 @@
 #include <qkit/sim/quantsim_export.hpp>
 
 #include "../../examples/models/fashion_mobilenet.hpp"
+#include "../../examples/models/ptq_pipeline.hpp"
 #include "../../examples/models/training.hpp"
 #include "export/ort_runner.hpp"
 
@@ -35,7 +36,7 @@ struct fashion_data {
   /// 2,000 training images in a seeded random order (AIMET's default calibration size); its
   /// first 1,000 are the example's calibration set (the same seed and shuffle).
   qkit::data::dataset calib;
-  fashion_data() : test(load_split(false)), calib(qkit::data::random_subset(load_split(true), 2000, 2024)) {
+  fashion_data() : test(load_split(false)), calib(fashion::repair_calibration_set(load_split(true))) {
     qkit::nn::load_weights(model, QKIT_FASHION_MODEL);
   }
 };
