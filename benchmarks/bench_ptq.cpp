@@ -6,35 +6,22 @@
 #include <benchmark/benchmark.h>
 
 #include <qkit/data/dataset.hpp>
-#include <qkit/io/idx.hpp>
 #include <qkit/ptq/bias_correction.hpp>
 #include <qkit/ptq/cross_layer_equalization.hpp>
 #include <qkit/sim/calibrate.hpp>
 #include <qkit/sim/quantsim.hpp>
 
-#include "../examples/models/fashion_mobilenet.hpp"
-#include "../examples/models/training.hpp"
+#include "fashion_bench.hpp"
 
 namespace {
 
 using model_t = fashion::model_type;
 
-const qkit::data::dataset& images_2000() {
-  static const qkit::data::dataset x = [] {
-    auto d = qkit::io::load_fashion_mnist(QKIT_FASHION_MNIST, true, 2000);
-    fashion::normalize(d.images, fashion::pixel_mean, fashion::pixel_std);
-    return qkit::data::dataset(std::move(d.images));
-  }();
-  return x;
-}
+const qkit::data::dataset& images_2000() { return fashion_bench::training_images(2000); }
 
 qkit::tensor batch(std::size_t n) { return qkit::data::first(images_2000(), n).samples(); }
 
-model_t seeded_model() {
-  auto m = fashion::make_model();
-  qkit::nn::init_parameters(m, 1);
-  return m;
-}
+using fashion_bench::seeded_model;
 
 void set_threads(benchmark::State& state) { qkit::set_num_threads(std::size_t(state.range(0))); }
 
