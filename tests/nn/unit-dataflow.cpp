@@ -68,6 +68,11 @@ TEST_CASE("dataflow: chains cross boundaries and stop at a second reader") {
   // "0" -> BN -> "2" -> "3" (the live BN is a node: no chain from "0"), "3" -> "4" -> "5", and
   // inside the residual body "7.0" -> "7.1" -> "7.2".
   CHECK(ends == std::vector<std::pair<std::string, std::string>>{{"3", "5"}, {"7.0", "7.2"}});
+  // layer -> batch norm (a live one), with its typed access.
+  const auto bn = flow.find_chains({{op_kind::conv}, {op_kind::batch_norm}});
+  REQUIRE(bn.size() == 1);
+  CHECK(bn[0][0]->name == "0");
+  CHECK(bn[0][1]->live_batch_norm == &m.get<1>());
   // The clip's output is read by the body and by the add: no sole consumer.
   CHECK(flow.sole_consumer(*flow.find("6")) == nullptr);
   CHECK(flow.sole_consumer(*flow.find("7.0"))->name == "7.1");

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <stdexcept>
 
 #include <qkit/nn/nn.hpp>
 #include <qkit/ptq/bias_correction.hpp>
@@ -133,6 +134,41 @@ TEST_CASE("bias correction: analytical uses the folded batch norm before the lay
   CHECK(sim.model().get<3>().bias()(0) == doctest::Approx(-(dw0 * e0 + dw1 * e1)).epsilon(1e-5));
 }
 
+TEST_CASE("bias correction: analytical where a batch norm precedes, empirical elsewhere") {
+  auto model = sequential(conv2d(1, 4, 3, {.padding = 1, .bias = false}), batch_norm(4), relu(),
+                          conv2d(4, 3, 1), global_avg_pool(), flatten(), linear(3, 2));
+  init_parameters(model, 8);
+  auto& bn = model.get<1>();
+  for (std::size_t c = 0; c < 4; ++c) {
+    bn.weight()(c) = 0.5f + 0.3f * float(c);
+    bn.bias()(c) = -0.4f + 0.35f * float(c);
+  }
+  tensor images = tensor::from_shape({64, 1, 6, 6});
+  std::mt19937 rng(9);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (auto& v : images) v = nd(rng);
+  const data::dataset data(images);
+  using Sim = quantsim<decltype(model), presets::w4a8>;
+  Sim mixed(model, data::first(data, 1).samples());
+  ptq::bias_correction_options o;
+  o.analytical_where_possible = true;
+  o.samples = 64;
+  o.calibration_samples = 64;
+  const auto r = ptq::correct_bias(mixed, data, o);
+  REQUIRE(r.layers.size() == 3);
+  CHECK(r.layers[0].method == ptq::bias_correction_method::empirical);   // after the input
+  CHECK(r.layers[1].method == ptq::bias_correction_method::analytical);  // after conv-bn-relu
+  CHECK(r.layers[2].method == ptq::bias_correction_method::empirical);   // after pooling
+  // The analytical layer got exactly what the data-free call gives it (same encodings, same
+  // batch-norm statistics).
+  Sim alone(model, data::first(data, 1).samples());
+  qkit::calibrate(alone, data, 64);
+  (void)ptq::correct_bias_analytical(alone);
+  CHECK(mixed.model().get<3>().bias() == alone.model().get<3>().bias());
+  // The empirical ones did move.
+  CHECK_FALSE(mixed.model().get<0>().bias() == alone.model().get<0>().bias());
+}
+
 TEST_CASE("bias correction: bad input is refused and leaves the simulation as it was") {
   auto model = sequential(linear(4, 3));
   init_parameters(model, 2);
@@ -147,6 +183,33 @@ TEST_CASE("bias correction: bad input is refused and leaves the simulation as it
   CHECK_THROWS_AS(ptq::correct_bias(sim, samples_with_mean(8, {0, 0, 0}, 2)), shape_error);
   CHECK(sim.model().get<0>().bias() == bias);
   CHECK(!sim.activation_quantizer("input").has_encodings());
+
+  // A name that is no conv or linear.
+  auto two = sequential(linear(4, 3, /*bias=*/false), relu(), linear(3, 2, /*bias=*/false));
+  init_parameters(two, 3);
+  quantsim<decltype(two), presets::w8a8> sim2(two, sample_tensor(1, {0, 0, 0, 0}, 1));
+  ptq::bias_correction_options relu_name;
+  relu_name.layers_to_ignore = {"1"};
+  CHECK_THROWS_WITH_AS(ptq::correct_bias(sim2, samples_with_mean(8, {0, 0, 0, 0}, 2), relu_name),
+                       doctest::Contains("'1' in layers_to_ignore is a relu"), config_error);
+
+  // A failure after the first layer was corrected (here: the progress callback): every bias is
+  // as it was, and the biases the pass added are gone again.
+  ptq::bias_correction_options failing;
+  failing.samples = 8;
+  failing.calibration_samples = 8;
+  failing.progress = [](const ptq::bias_correction_progress& p) {
+    if (p.index == 1) throw std::runtime_error("stop");
+  };
+  CHECK_THROWS_AS(ptq::correct_bias(sim2, samples_with_mean(8, {1, 2, 3, 4}, 3), failing),
+                  std::runtime_error);
+  CHECK_FALSE(sim2.model().get<0>().has_bias());
+  CHECK_FALSE(sim2.model().get<2>().has_bias());
+  CHECK(!sim2.param_quantizer("0.weight").has_encodings());
+  // Without the failure the same call corrects both layers (each gets a bias).
+  failing.progress = nullptr;
+  CHECK(ptq::correct_bias(sim2, samples_with_mean(8, {1, 2, 3, 4}, 3), failing).layers.size() == 2);
+  CHECK(sim2.model().get<0>().has_bias());
 }
 
 TEST_CASE("bias correction and equalization give the same bits on one and on two threads") {
@@ -155,6 +218,8 @@ TEST_CASE("bias correction and equalization give the same bits on one and on two
                         conv2d(8, 8, 3, {.padding = 1, .groups = 8}), relu(), conv2d(8, 4, 1),
                         global_avg_pool(), flatten(), linear(4, 3));
     init_parameters(m, 5);
+    // Large β on half the channels, so that high-bias absorption moves something too.
+    for (std::size_t c = 0; c < 8; c += 2) m.get<1>().bias()(c) = 5.0f;
     return m;
   };
   tensor images = tensor::from_shape({96, 1, 10, 10});
@@ -165,7 +230,7 @@ TEST_CASE("bias correction and equalization give the same bits on one and on two
   auto run = [&](std::size_t threads) {
     set_num_threads(threads);
     auto m = make();
-    (void)ptq::equalize(m, data::first(data, 1).samples());
+    CHECK_FALSE(ptq::equalize(m, data::first(data, 1).samples()).absorbed.empty());
     quantsim<decltype(m), presets::w4a8> sim(m, data::first(data, 1).samples());
     ptq::bias_correction_options o;
     o.samples = 64;

@@ -173,19 +173,36 @@ TEST_CASE("equalize: high-bias absorption moves c = max(0, beta - 3|gamma|) into
     B.bias()(0) = 0.5f;
     return m;
   };
-  SUBCASE("after a ReLU") {
-    auto m = make(relu{});
-    const tensor x = random_tensor({2, 1, 3, 3}, 3, 0.0f, 0.5f);  // |x| small: y = x + β > c
+  SUBCASE("after a ReLU, a 3x3 kernel, negative gamma") {
+    // BN γ = (0.5, −1), β = (5, 4): c = (5 − 1.5, 4 − 3) = (3.5, 1) (|γ|, not γ). B is 3x3 with
+    // per-input ranges (0.5, 1) = A's folded ranges, so s = 1; Σ_hw B[0,0] = 4.5,
+    // Σ_hw B[0,1] = 0.75, so b2 gains 4.5·3.5 + 0.75·1 = 16.5.
+    auto m = sequential(conv2d(1, 2, 1, {.bias = false}), batch_norm(2), relu{}, conv2d(2, 1, 3));
+    auto& bn = m.get<1>();
+    m.get<0>().weight().fill(1.0f);
+    bn.running_var().fill(1.0f - bn.epsilon());
+    bn.weight()(0) = 0.5f;
+    bn.weight()(1) = -1.0f;
+    bn.bias()(0) = 5.0f;
+    bn.bias()(1) = 4.0f;
+    auto& B = m.get<3>();
+    const float k1[9] = {1.0f, -1.0f, 0.5f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.25f};
+    for (std::size_t i = 0; i < 9; ++i) {
+      B.weight()(0, 0, i / 3, i % 3) = 0.5f;
+      B.weight()(0, 1, i / 3, i % 3) = k1[i];
+    }
+    B.bias()(0) = 0.5f;
+    const tensor x = random_tensor({2, 1, 5, 5}, 3, 0.0f, 0.5f);  // the ReLU stays active
     set_training(m, false);
     const tensor before = forward(m, x);
     const auto r = ptq::equalize(m, x);
     REQUIRE(r.absorbed.size() == 1);
-    CHECK(r.absorbed[0].channels == 1);
-    CHECK(r.absorbed[0].max_absorbed == doctest::Approx(2.0f));
-    CHECK(m.get<0>().bias()(0) == doctest::Approx(3.0f));  // 5 - 2
-    CHECK(m.get<0>().bias()(1) == doctest::Approx(1.0f));  // c = 0
-    CHECK(m.get<3>().bias()(0) == doctest::Approx(0.5f + 1.0f * 2.0f - 1.0f * 0.0f));
-    // Where the ReLU is active the function is unchanged.
+    CHECK(r.absorbed[0].channels == 2);
+    CHECK(r.absorbed[0].max_absorbed == doctest::Approx(3.5f));
+    CHECK(m.get<0>().bias()(0) == doctest::Approx(1.5f));  // 5 − 3.5
+    CHECK(m.get<0>().bias()(1) == doctest::Approx(3.0f));  // 4 − 1
+    CHECK(m.get<3>().bias()(0) == doctest::Approx(0.5f + 16.5f));
+    CHECK(m.get<1>().bias()(0) == doctest::Approx(1.5f));  // the recorded output mean moved too
     CHECK(max_rel_diff(before, forward(m, x)) < 1e-5);
   }
   SUBCASE("with no activation between, the whole beta moves") {
@@ -257,6 +274,26 @@ TEST_CASE("equalize: ReLU6 becomes ReLU by default and is kept when asked") {
   CHECK(rk.scaled.size() == 1);  // still scaled across the ReLU6 when kept
 }
 
+TEST_CASE("equalize: a depthwise conv with a channel multiplier is an ordinary grouped conv") {
+  // groups = 8 over 8 inputs and 16 outputs: output 2g and 2g+1 read input g. No triplet (its
+  // channel counts differ); two pairs, and the function is kept.
+  auto m = sequential(conv2d(3, 8, 1), relu(), conv2d(8, 16, 3, {.padding = 1, .groups = 8}),
+                      relu(), conv2d(16, 4, 1));
+  randomize(m, 21);
+  CHECK(kind_of(m.get<2>()) == op_kind::conv);
+  const tensor x = random_tensor({2, 3, 6, 6}, 22);
+  set_training(m, false);
+  const tensor before = forward(m, x);
+  const auto r = ptq::equalize(m, x);
+  REQUIRE(r.scaled.size() == 2);
+  CHECK(r.scaled[0].layers == std::vector<std::string>{"0", "2"});
+  CHECK(r.scaled[1].layers == std::vector<std::string>{"2", "4"});
+  CHECK(max_rel_diff(before, forward(m, x)) < 1e-4);
+  const auto r2 = m.get<2>().output_channel_absmax();
+  const auto r3 = m.get<4>().input_channel_absmax();
+  for (std::size_t i = 0; i < r2.size(); ++i) CHECK(r2[i] == doctest::Approx(r3[i]).epsilon(1e-4));
+}
+
 TEST_CASE("equalize: a batch norm it cannot fold is an error naming it, model unchanged") {
   auto m = sequential(batch_norm(1), conv2d(1, 2, 1), relu(), conv2d(2, 2, 1));
   randomize(m, 4);
@@ -270,4 +307,9 @@ TEST_CASE("equalize: a batch norm it cannot fold is an error naming it, model un
   CHECK(m.get<1>().weight() == w_before);
   CHECK(!m.get<0>().folded());
   CHECK(max_rel_diff(before, forward(m, x)) == 0.0);
+
+  // The model's mode is the caller's too: validation ran on the pass's own copy.
+  set_training(m, true);
+  CHECK_THROWS_AS(ptq::equalize(m, x), config_error);
+  CHECK(m.get<1>().training());
 }

@@ -371,6 +371,8 @@ TEST_CASE("quantsim run_layer computes one layer with the simulation's quantizer
   });
   CHECK(typed);
   CHECK(sim.node("3.3").kind == nn::op_kind::depthwise_conv);
+  CHECK_THROWS_WITH_AS((void)sim.node("1"), doctest::Contains("'1' is a batch norm folded into '0'"),
+                       config_error);
 }
 
 TEST_CASE("quantsim snapshot and restore bring back every quantizer's state") {
@@ -400,6 +402,11 @@ TEST_CASE("quantsim can keep batch norms live; the validator follows") {
   CHECK(sim.folded_batch_norms().empty());
   CHECK(sim.has_quantizer("1"));             // the batch norm is a node
   CHECK_FALSE(sim.activation_quantizer("0").enabled());  // conv + live BN are fused
+  // and Conv+Clip / Conv+Relu fuse through the live batch norm, as through a folded one.
+  CHECK_FALSE(sim.activation_quantizer("1").enabled());
+  CHECK(sim.activation_quantizer("2").enabled());
+  CHECK_FALSE(sim.activation_quantizer("3.1").enabled());
+  CHECK(sim.activation_quantizer("3.4").enabled());  // the body's last BN feeds the add
   CHECK(sim.node("1").kind == nn::op_kind::batch_norm);
   // All quantizers off: exactly the unfolded model.
   sim.set_all_enabled(false);

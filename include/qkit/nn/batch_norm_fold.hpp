@@ -27,12 +27,15 @@ template <class L>
 inline constexpr bool is_foldable_into_v = weighted<L>;
 
 /// Multiplies the layer's output channel o by s[o] and sets its bias to β + (b − μ)·s.
-template <class L>
-void fold_into(L& layer, batch_norm& bn) {
+inline void check_foldable(const weighted_layer& layer, const batch_norm& bn) {
+  QKIT_PRECONDITION(layer.output_channels() == bn.channels(), shape_error, "fold_batch_norms: ",
+                    "BatchNormalization '", bn.name(), "' has ", bn.channels(),
+                    " channels but the layer before it, '", layer.name(), "', has ",
+                    layer.output_channels(), " outputs");
+}
+
+inline void fold_into(weighted_layer& layer, batch_norm& bn) {
   const std::size_t O = bn.channels();
-  QKIT_PRECONDITION(layer.weight().shape(0) == O, shape_error, "fold_batch_norms: ",
-                    layer_label(bn), " has ", O, " channels but ", layer_label(layer),
-                    " has ", layer.weight().shape(0), " outputs");
   layer.ensure_bias();
   tensor& w = layer.weight();
   tensor& b = layer.bias();
@@ -94,14 +97,20 @@ struct batch_norm_fold {
 /// already folded are skipped.
 template <class Model>
 std::vector<batch_norm_fold> fold_batch_norms(Model& model) {
-  std::vector<batch_norm_fold> folded;
+  // All pairs are checked before any is folded, so a mismatch leaves the model as it was.
+  std::vector<std::pair<weighted_layer*, batch_norm*>> pairs;
   auto on_pair = [&](auto& layer, batch_norm& bn) {
     if (bn.folded()) return;
-    detail::fold_into(layer, bn);
-    folded.push_back({layer.name(), bn.name()});
+    detail::check_foldable(layer, bn);
+    pairs.emplace_back(&layer, &bn);
   };
   auto on_lone = [](batch_norm&) {};
   detail::walk_batch_norms(model, on_pair, on_lone);
+  std::vector<batch_norm_fold> folded;
+  for (auto [layer, bn] : pairs) {
+    detail::fold_into(*layer, *bn);
+    folded.push_back({layer->name(), bn->name()});
+  }
   return folded;
 }
 

@@ -71,7 +71,12 @@ class conv2d : public weighted_layer {
   const conv2d_params& params() const { return p_; }
   /// A depthwise convolution: one group per input channel.
   bool is_depthwise() const { return p_.groups == in_ && p_.groups > 1; }
-  op_kind kind() const { return is_depthwise() ? op_kind::depthwise_conv : op_kind::conv; }
+  /// A depthwise conv without a channel multiplier (one output per input channel, so output
+  /// channel i reads only input channel i) is a `depthwise_conv` to the passes; a depthwise
+  /// conv with a multiplier is grouped like any other `conv`.
+  op_kind kind() const {
+    return is_depthwise() && out_ == in_ ? op_kind::depthwise_conv : op_kind::conv;
+  }
   shape_type weight_shape() const { return {out_, in_ / p_.groups, kh_, kw_}; }
   std::size_t fan_in() const { return in_ / p_.groups * kh_ * kw_; }
 

@@ -44,6 +44,13 @@ class weighted_layer : public layer_base {
     bias_grad_ = bias_;
   }
 
+  /// Removes the bias (undoes an ensure_bias that a failed pass added).
+  void drop_bias() {
+    has_bias_ = false;
+    bias_ = tensor::from_shape({0});
+    bias_grad_ = tensor::from_shape({0});
+  }
+
   template <class F>
   void for_each_parameter(F&& f) {
     f(std::string_view("weight"), weight_, &weight_grad_);

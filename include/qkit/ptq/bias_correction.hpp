@@ -188,7 +188,10 @@ template <class Sim>
 std::vector<const nn::dataflow_node*> correctable_layers(Sim& sim,
                                                          const std::vector<std::string>& ignore,
                                                          std::vector<std::string>& skipped) {
-  for (const auto& name : ignore) (void)sim.node(name);  // config_error on an unknown name
+  for (const auto& name : ignore)  // config_error on an unknown name
+    QKIT_PRECONDITION(sim.node(name).weighted, config_error, "bias correction: '", name,
+                      "' in layers_to_ignore is a ", nn::to_string(sim.node(name).kind),
+                      ", not a conv or linear layer");
   std::vector<const nn::dataflow_node*> out;
   for (const auto& n : sim.dataflow().nodes) {
     if (!n.weighted) continue;
@@ -198,36 +201,48 @@ std::vector<const nn::dataflow_node*> correctable_layers(Sim& sim,
   return out;
 }
 
+// Whether any enabled integer quantizer (parameter or activation) still lacks encodings.
 template <class Sim>
-bool has_activation_encodings(Sim& sim) {
-  bool all = true;
-  sim.for_each_quantizer([&](const std::string&, auto kind, const auto& q) {
-    if (kind == quantizer_kind::param || !q.enabled()) return;
-    if (q.settings().dtype == dtype::integer && q.bitwidth() < 32 && !q.has_encodings())
-      all = false;
+bool needs_calibration(Sim& sim) {
+  bool missing = false;
+  sim.for_each_quantizer([&](const std::string&, quantizer_kind, const auto& q) {
+    if (q.enabled() && q.settings().dtype == dtype::integer && q.bitwidth() < 32 &&
+        !q.has_encodings())
+      missing = true;
   });
-  return all;
+  return missing;
 }
 
 // Biases of every weighted layer, to put back if the pass fails.
 struct bias_backup {
-  std::vector<std::pair<nn::weighted_layer*, tensor>> saved;
+  struct entry {
+    nn::weighted_layer* layer;
+    bool had_bias;
+    tensor bias;
+  };
+  std::vector<entry> saved;
   template <class Sim>
   explicit bias_backup(Sim& sim) {
     for (const auto& n : sim.dataflow().nodes)
-      if (n.weighted) saved.emplace_back(n.weighted, n.weighted->bias());
+      if (n.weighted) saved.push_back({n.weighted, n.weighted->has_bias(), n.weighted->bias()});
   }
   void restore() {
-    for (auto& [layer, b] : saved)
-      if (layer->has_bias() && layer->bias().shape() == b.shape()) layer->bias() = b;
-      else if (layer->has_bias()) layer->bias().fill(0.0f);  // a bias this pass added
+    for (auto& e : saved) {
+      if (!e.had_bias) e.layer->drop_bias();  // a bias this pass added
+      else e.layer->bias() = e.bias;
+    }
   }
 };
 
-inline void subtract(nn::weighted_layer& layer, const std::vector<double>& shift) {
+// b −= shift; a quantized bias gets its encoding again for its new values.
+template <class Sim>
+void subtract(Sim& sim, const nn::dataflow_node& node, const std::vector<double>& shift) {
+  nn::weighted_layer& layer = *node.weighted;
   layer.ensure_bias();
   float* b = layer.bias().data();
   for (std::size_t o = 0; o < shift.size(); ++o) b[o] = float(double(b[o]) - shift[o]);
+  const std::string bias = node.name + ".bias";
+  if (sim.has_quantizer(bias) && sim.param_quantizer(bias).enabled()) sim.compute_param_encodings();
 }
 
 }  // namespace detail
@@ -253,7 +268,7 @@ bias_correction_report correct_bias(Sim& sim, const data::dataset& samples,
   const auto state = sim.snapshot();
   detail::bias_backup backup(sim);
   try {
-    if (!detail::has_activation_encodings(sim))
+    if (detail::needs_calibration(sim))
       qkit::calibrate(sim, samples, options.calibration_samples, options.batch_size);
 
     // Which layers are corrected empirically, and their FP32 output means, all in one pass of
@@ -296,7 +311,7 @@ bias_correction_report correct_bias(Sim& sim, const data::dataset& samples,
         shift.resize(qm.size());
         for (std::size_t c = 0; c < qm.size(); ++c) shift[c] = qm[c] - fm[c];
       }
-      detail::subtract(*node.weighted, shift);
+      detail::subtract(sim, node, shift);
       std::tie(lc.rms_shift, lc.max_abs_shift) = detail::shift_stats(shift);
       report.layers.push_back(std::move(lc));
     }
@@ -322,6 +337,7 @@ bias_correction_report correct_bias_analytical(Sim& sim,
                                                const std::vector<std::string>& layers_to_ignore = {}) {
   bias_correction_report report;
   const auto layers = detail::correctable_layers(sim, layers_to_ignore, report.skipped);
+  const auto state = sim.snapshot();
   detail::bias_backup backup(sim);
   try {
     bool missing = false;
@@ -342,7 +358,7 @@ bias_correction_report correct_bias_analytical(Sim& sim,
       for (std::size_t k = 0; k < dw.size(); ++k)
         dw.data()[k] = wq.data()[k] - n->weighted->weight().data()[k];
       const auto shift = n->weighted->input_response(dw, e);
-      detail::subtract(*n->weighted, shift);
+      detail::subtract(sim, *n, shift);
       layer_bias_correction lc;
       lc.layer = n->name;
       lc.method = bias_correction_method::analytical;
@@ -351,6 +367,7 @@ bias_correction_report correct_bias_analytical(Sim& sim,
     }
   } catch (...) {
     backup.restore();
+    sim.restore(state);
     throw;
   }
   return report;

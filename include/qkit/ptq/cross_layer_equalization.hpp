@@ -159,6 +159,10 @@ inline std::pair<std::vector<float>, std::vector<float>> triplet_scales(
   const auto r1 = a.weighted->output_channel_absmax();
   const auto r2 = dw.weighted->output_channel_absmax();
   const auto r3 = c.weighted->input_channel_absmax();
+  QKIT_PRECONDITION(r1.size() == r2.size() && r2.size() == r3.size(), shape_error,
+                    "cross-layer equalization: '", dw.name, "' is not a depthwise conv between '",
+                    a.name, "' (", r1.size(), " outputs) and '", c.name, "' (", r3.size(),
+                    " inputs): it has ", r2.size(), " outputs");
   std::vector<float> s12(r1.size(), 1.0f), s23(r1.size(), 1.0f);
   for (std::size_t i = 0; i < r1.size(); ++i) {
     if (!(r1[i] > 0.0f && r2[i] > 0.0f && r3[i] > 0.0f)) continue;
@@ -204,19 +208,23 @@ inline bool absorb_high_bias(const nn::dataflow_node& a, const nn::dataflow_node
 
 }  // namespace detail
 
-/// Equalizes `model` in place (see the file comment) and reports what it did. `example_input`
-/// checks that the model runs (shapes) before anything changes. Throws config_error naming
-/// any batch norm that cannot be folded (or other problems the model validator finds); the
-/// model is unchanged then, and on any other failure. A model without equalizable pairs is
-/// not an error: the report says none were found.
+/// Equalizes the float `model` in place (see the file comment) and reports what it did.
+/// `example_input` checks that the model runs (shapes) before anything changes. Throws
+/// config_error naming any batch norm that cannot be folded (or other problems the model
+/// validator finds), shape_error for layers whose channels do not line up; the model is
+/// unchanged then, and on any other failure. A model without equalizable pairs is not an
+/// error: the report says none were found. Equalize before building a QuantSim of the model
+/// (a QuantSim's dataflow describes the model as it was built).
 template <class Model>
 cle_report equalize(Model& model, const tensor& example_input, const cle_options& options = {}) {
+  // Everything, the validation's forward pass included, runs on a copy: the caller's model
+  // changes only when the whole pass succeeded.
+  Model work = model;
   try {
-    sim::validate_model(model, example_input, true);
+    sim::validate_model(work, example_input, true);
   } catch (const error& e) {
     QKIT_THROW(config_error, "cross-layer equalization: ", nn::detail::nested_message(e));
   }
-  Model work = model;
   cle_report report;
   report.folded = nn::fold_batch_norms(work);
   const nn::dataflow flow = nn::describe_dataflow(work);

@@ -200,6 +200,10 @@ class quantsim {
   /// The dataflow node of the layer called `name` (config_error listing names if none).
   const nn::dataflow_node& node(const std::string& name) const {
     if (const auto* n = flow_.find(name)) return *n;
+    for (const auto& f : folds_)
+      if (f.batch_norm == name)
+        QKIT_THROW(config_error, "quantsim: '", name, "' is a batch norm folded into '", f.layer,
+                   "' (build the QuantSim with batch_norm_mode::keep to keep it a layer)");
     std::ostringstream os;
     std::size_t shown = 0;
     for (const auto& n : flow_.nodes) {
@@ -276,6 +280,10 @@ class quantsim {
       QKIT_PRECONDITION(s.activations[i].name() == acts_[i].name(), config_error,
                         "quantsim: restore: the snapshot is of another simulation (quantizer '",
                         s.activations[i].name(), "' where this one has '", acts_[i].name(), "')");
+    for (std::size_t i = 0; i < params_.size(); ++i)
+      QKIT_PRECONDITION(s.params[i].name() == params_[i].name(), config_error,
+                        "quantsim: restore: the snapshot is of another simulation (quantizer '",
+                        s.params[i].name(), "' where this one has '", params_[i].name(), "')");
     acts_ = s.activations;
     params_ = s.params;
   }
@@ -532,6 +540,11 @@ class quantsim {
       if constexpr (requires(const nn::dataflow_node& n) { obs->layer_output(n, layer, y, y); }) {
         const auto* n = sim->node_of(&layer);
         if (!n) return;
+        if (!sim->quantizes_output(&layer)) {  // before == after: no copy
+          sim->on_output(&layer, y);               // (statistics, while calibrating)
+          obs->layer_output(*n, layer, std::as_const(y), std::as_const(y));
+          return;
+        }
         const tensor before = y;
         sim->on_output(&layer, y);
         obs->layer_output(*n, layer, before, std::as_const(y));
@@ -540,6 +553,13 @@ class quantsim {
       }
     }
   };
+
+  bool quantizes_output(const void* layer) const {
+    auto it = slots_.find(layer);
+    if (it == slots_.end() || it->second.output < 0) return false;
+    const auto& q = acts_[it->second.output];
+    return calibrating_ ? false : !passes_through(q);
+  }
 
   const nn::dataflow_node* node_of(const void* layer) const {
     auto it = node_index_.find(layer);
@@ -688,18 +708,23 @@ class quantsim {
     // counts only when the tensor has no other reader (a skip connection keeps it).
     for (const auto& group : config_.supergroups) {
       for (const auto& start : flow_.nodes) {
-        std::vector<const nn::dataflow_node*> chain{&start};
+        std::vector<const nn::dataflow_node*> chain{&start}, live_bns;
         if (start.op_type != group[0]) continue;
         for (std::size_t j = 1; j < group.size(); ++j) {
-          const auto& out = chain.back()->output;
-          const auto readers = flow_.consumers(out);
-          if (flow_.readers(out) != 1 || readers.size() != 1 || readers[0]->op_type != group[j])
-            break;
-          chain.push_back(readers[0]);
+          const nn::dataflow_node* next = flow_.sole_consumer(*chain.back());
+          // A live batch norm after a conv/linear is part of it (fused on the target): the
+          // group continues behind it, as it does behind a folded one.
+          if (next && chain.back()->weighted && next->kind == nn::op_kind::batch_norm) {
+            live_bns.push_back(next);
+            next = flow_.sole_consumer(*next);
+          }
+          if (!next || next->op_type != group[j]) break;
+          chain.push_back(next);
         }
         if (chain.size() != group.size()) continue;
         for (std::size_t j = 0; j + 1 < chain.size(); ++j)
           acts_[act_index_.at(chain[j]->output)].set_enabled(false);
+        for (const auto* bn : live_bns) acts_[act_index_.at(bn->output)].set_enabled(false);
       }
     }
     if (config_.model_output_quantized.has_value() && !flow_.nodes.empty())

@@ -91,9 +91,10 @@ io::export_graph to_export_graph(Sim& sim, const std::string& graph_name = "qkit
         } else if constexpr (std::is_same_v<L, nn::flatten>) {
           n.attrs = {{"axis", static_cast<std::int64_t>(L::axis)}};
         } else if constexpr (std::is_same_v<L, nn::batch_norm>) {
-          // QuantSim folds every batch norm; one still here was unfolded by hand afterwards.
+          // The deployed graph has its batch norms folded (the target fuses them).
           QKIT_THROW(config_error, "to_export_graph: ", nn::layer_label(layer),
-                     " is not folded; QuantSim exports only folded batch norms");
+                     " is live; export a QuantSim built with batch_norm_mode::fold (fold "
+                     "the batch norms of a model trained with them live first)");
         } else if constexpr (std::is_same_v<L, nn::relu> || std::is_same_v<L, nn::add> ||
                              std::is_same_v<L, nn::global_avg_pool>) {
           // no attributes
