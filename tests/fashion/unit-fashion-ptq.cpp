@@ -130,6 +130,16 @@ TEST_CASE("PTQ on the trained model: bias correction shrinks every layer's mean 
     std::printf("ptq: W4A8 mean output error (rms over channels, 1,000 test images) %-26s %.5f -> %.5f\n",
                 before[i].first.c_str(), rms(before[i].second), rms(after[i].second));
     CHECK(rms(after[i].second) < 0.5 * rms(before[i].second));
+    // Per channel: on held-out images a few channels whose error was already near zero move by
+    // sampling noise (measured: at least 87.5% of every layer's channels improve — 14 of 16 in
+    // features.0.conv, 89.1% in features.4.dw.conv — and all of them in 7 of the 12 layers).
+    std::size_t better = 0;
+    for (std::size_t c = 0; c < before[i].second.size(); ++c)
+      better += std::fabs(after[i].second[c]) < std::fabs(before[i].second[c]);
+    const double fraction = double(better) / double(before[i].second.size());
+    std::printf("ptq: W4A8 %-26s channels with a smaller mean error %.1f%%\n",
+                before[i].first.c_str(), 100 * fraction);
+    CHECK(fraction >= 0.85);
   }
 }
 
