@@ -157,7 +157,21 @@ TEST_CASE("runtime settings: bitwidth, scheme, disabled, 32-bit, float16, freeze
   CHECK(f.encodings()[0] == qkit::encoding_from_range(-1.0, 1.0, 8));
   CHECK(!f.has_statistics());
   CHECK_THROWS_AS(f.set_encoding(qkit::encoding_from_range(-2.0, 2.0, 8)), qkit::config_error);
+  // A frozen quantizer refuses a new grid: accepting it would make bitwidth() say 4 while the
+  // frozen 8-bit encoding (255 steps) goes on quantizing.
+  CHECK_THROWS_WITH_AS(f.set_bitwidth(4), doctest::Contains("quantizer 'f': its encodings are frozen"),
+                       qkit::config_error);
+  CHECK_THROWS_AS(f.set_scheme(qkit::scheme::symmetric_signed), qkit::config_error);
+  CHECK_THROWS_AS(f.set_dtype(qkit::dtype::floating), qkit::config_error);
+  CHECK(f.bitwidth() == 8);
+  CHECK(f.encodings()[0] == qkit::encoding_from_range(-1.0, 1.0, 8));
+  f.set_bitwidth(8);  // no change is no error
+  f.set_enabled(false);  // enabling is no grid change
+  f.set_enabled(true);
   f.unfreeze();
+  f.set_bitwidth(4);  // unfrozen: the old grid goes, compute_encodings makes the new one
+  CHECK(!f.has_encodings());
+  f.set_bitwidth(8);
   f.observe(big);
   f.compute_encodings();
   CHECK(f.encodings()[0].max > 5.0);

@@ -281,6 +281,14 @@ TEST_CASE("sim config: bad input is a config error naming the JSON path") {
          "model_input.is_output_quantized: unknown key");
   expect("{" + d + ", \"op_type\": {\"Softmax\": {\"encoding_constraints\": {\"min\": 1}}}}",
          "op_type.Softmax.encoding_constraints.max: missing");
+  // A misspelt op type would match no layer and silently change nothing: it is refused, and
+  // the message lists the ONNX names (Conv is PyTorch's Conv2d).
+  expect("{" + d + ", \"op_type\": {\"Conv2d\": {\"is_output_quantized\": \"False\"}}}",
+         "op_type.Conv2d: unknown op type 'Conv2d' (op types are ONNX names; known: Add,");
+  expect("{" + d + ", \"op_type\": {\"Conv2d\": {}}}", ", Conv, ");
+  expect("{" + d + ", \"supergroups\": [{\"op_list\": [\"Conv\", \"Relu\"]}, "
+         "{\"op_list\": [\"Gemm\", \"ReLU\"]}]}",
+         "supergroups[1].op_list: unknown op type 'ReLU'");
   expect(R"({"params": {}})", "defaults: missing");
   expect(R"({"defaults": {"ops": {}, "params": {}}, )", "not valid JSON");
   expect("[1, 2]", "expected an object");

@@ -112,6 +112,21 @@ TEST_CASE("quantsim with every quantizer off, or at 32 bits, is bit-identical to
   quantsim<decltype(model), presets::fp32> sim32(model, random_input(2, 1));
   calibrate(sim32);
   CHECK(bit_identical(sim32.forward(x), expected));
+
+  // `expected` comes from the fold QuantSim itself calls, so a wrong fold would pass the checks
+  // above. The unfolded model (live batch norms, computed separately) is the independent truth:
+  // folding only reorders float arithmetic, so the outputs agree to float rounding (a few ulps
+  // per layer; 1e-5 of the output scale is ~100x that, and any folding mistake is far larger).
+  const tensor unfolded = nn::forward(model, x);
+  const tensor simulated = sim32.forward(x);
+  REQUIRE(simulated.shape() == unfolded.shape());
+  double scale = 1.0, max_diff = 0.0;
+  for (std::size_t i = 0; i < unfolded.size(); ++i) {
+    scale = std::max(scale, double(std::fabs(unfolded.data()[i])));
+    max_diff = std::max(max_diff, double(std::fabs(simulated.data()[i] - unfolded.data()[i])));
+  }
+  MESSAGE("FP32 QuantSim vs the unfolded model: max difference " << max_diff << " (scale " << scale << ")");
+  CHECK(max_diff <= 1e-5 * scale);
 }
 
 TEST_CASE("quantsim W8A8 stays close to FP32 and its outputs lie on their grids") {
@@ -291,6 +306,26 @@ TEST_CASE("quantsim honours AIMET's encoding_constraints") {
   CHECK(q.encodings()[0].max == doctest::Approx(1.0).epsilon(0.01));
   const tensor y = sim.forward(random_input(8, 3));
   for (auto v : y) CHECK(std::fabs(v) <= 1.01f);
+  // Its encodings are frozen: a new bitwidth is refused rather than reported while the 8-bit
+  // grid goes on quantizing (the outputs stay on 255 steps of [-1, 1]).
+  CHECK_THROWS_WITH_AS(sim.set_bitwidth("7", 4), doctest::Contains("its encodings are frozen"),
+                       config_error);
+  CHECK(q.bitwidth() == 8);
+  CHECK(q.encodings()[0].bitwidth == 8);
+}
+
+TEST_CASE("quantsim refuses a config naming an op type it does not know") {
+  // "Conv2d" (PyTorch's name) matches no layer, so it would silently leave Conv's outputs
+  // quantized; the config is refused when built in code too, not only when parsed.
+  auto model = make_model();
+  sim_config cfg = default_sim_config();
+  cfg.op_type["Conv2d"].is_output_quantized = false;
+  CHECK_THROWS_WITH_AS(quantsim(model, random_input(2, 1), cfg),
+                       doctest::Contains("op_type.Conv2d: unknown op type 'Conv2d'"), config_error);
+  cfg = default_sim_config();
+  cfg.supergroups.push_back({"Conv", "BatchNorm"});
+  CHECK_THROWS_WITH_AS(quantsim(model, random_input(2, 1), cfg),
+                       doctest::Contains("unknown op type 'BatchNorm'"), config_error);
 }
 
 TEST_CASE("strict symmetric grids stop at their max in both rounding modes") {
@@ -421,4 +456,103 @@ TEST_CASE("quantsim can keep batch norms live; the validator follows") {
                                          presets::w8a8::default_config(), {}, {}, keep));
   CHECK_THROWS_WITH_AS(quantsim<decltype(lone)>(lone, random_input(1, 2)),
                        doctest::Contains("cannot be folded"), config_error);
+}
+
+TEST_CASE("quantsim: a batch rejected during calibration leaves every statistic untouched") {
+  // The callback catches the error and goes on, as a user skipping a bad sample would. The
+  // encodings must be those of the good batches alone; for the input quantizer that is known
+  // independently: min-max of data drawn in [0, 1] gives an encoding ending at most 1.
+  auto good = [](std::uint32_t seed) {
+    tensor x = tensor::from_shape({4, 1, 4, 4});
+    std::mt19937 rng(seed);
+    std::uniform_real_distribution<float> u(0.0f, 1.0f);
+    for (auto& v : x) v = u(rng);
+    return x;
+  };
+  auto make = [] {
+    auto m = nn::sequential(nn::conv2d(1, 2, 3, {.padding = 1}), nn::relu(), nn::flatten(),
+                            nn::linear(32, 3));
+    nn::init_parameters(m, 3);
+    return m;
+  };
+  auto model = make();
+  quantsim reference(model, good(1));
+  reference.compute_encodings([&](auto& s) {
+    (void)s.forward(good(10));
+    (void)s.forward(good(11));
+  });
+  CHECK(reference.activation_quantizer("input").encodings().at(0).max <= 1.0 + 1e-6);
+
+  // Rejected at the first layer (2 channels into a 1-channel conv), after the input quantizer
+  // saw it; and rejected at the last layer (5x5 images flatten to 50, not 32), after the input
+  // and the conv+relu output saw it. Both batches hold values 100 times the good range.
+  tensor wrong_channels = tensor::from_shape({2, 2, 4, 4});
+  tensor wrong_size = tensor::from_shape({2, 1, 5, 5});
+  for (auto& v : wrong_channels) v = 100.0f;
+  for (auto& v : wrong_size) v = 100.0f;
+  quantsim sim(model, good(1));
+  int rejected = 0;
+  sim.compute_encodings([&](auto& s) {
+    (void)s.forward(good(10));
+    for (const tensor* bad : {&wrong_channels, &wrong_size}) {
+      try {
+        (void)s.forward(*bad);
+      } catch (const error&) {
+        ++rejected;
+      }
+    }
+    (void)s.forward(good(11));
+  });
+  CHECK(rejected == 2);
+  for (const char* name : {"input", "1", "3"}) {
+    CAPTURE(name);
+    CHECK(sim.activation_quantizer(name).encodings() == reference.activation_quantizer(name).encodings());
+  }
+  CHECK(sim.activation_quantizer("input").encodings().at(0).max <= 1.0 + 1e-6);
+  const tensor x = good(20);
+  CHECK(bit_identical(sim.forward(x), reference.forward(x)));
+}
+
+TEST_CASE("quantsim: compute_encodings and forward are bit-identical for 1 and 2 threads and run to run") {
+  // Each run builds the model and the data from the same seeds; runs 0 and 2 use one thread,
+  // run 1 two. Batches of 32 images of 24x24 are large enough for the kernels to split work.
+  auto input = [](std::size_t n, std::uint32_t seed) {
+    tensor x = tensor::from_shape({n, 1, 24, 24});
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> d(0.5f, 1.0f);
+    for (auto& v : x) v = d(rng);
+    return x;
+  };
+  struct result {
+    std::vector<std::vector<encoding>> encodings;
+    tensor y_minmax, y_tfe;
+  };
+  auto run = [&](std::size_t threads) {
+    set_num_threads(threads);
+    result r;
+    auto model = make_model(7);
+    auto collect = [&](auto& sim) {
+      sim.compute_encodings([&](auto& s) {
+        for (std::uint32_t b = 0; b < 3; ++b) (void)s.forward(input(32, 200 + b));
+      });
+      for (const auto& name : sim.quantizer_names())
+        sim.with_quantizer(name, [&](auto& q) { r.encodings.push_back(q.encodings()); });
+      return sim.forward(input(32, 300));
+    };
+    quantsim<decltype(model), presets::w8a8_per_channel> mm(model, input(2, 1));
+    r.y_minmax = collect(mm);
+    quantsim<decltype(model), presets::w8a8, minmax_range, tf_enhanced_range> tfe(model, input(2, 1));
+    r.y_tfe = collect(tfe);
+    return r;
+  };
+  const std::size_t before = get_num_threads();
+  const result runs[3] = {run(1), run(2), run(1)};
+  set_num_threads(before);
+  for (int i : {1, 2}) {
+    CAPTURE(i);
+    CHECK(runs[i].encodings == runs[0].encodings);
+    CHECK(bit_identical(runs[i].y_minmax, runs[0].y_minmax));
+    CHECK(bit_identical(runs[i].y_tfe, runs[0].y_tfe));
+  }
+  CHECK(runs[0].encodings.size() > 10);
 }

@@ -88,17 +88,22 @@ class quantizer {
   bool frozen() const { return frozen_; }
 
   /// Replaces all settings. A new axis or dtype discards the statistics; a new bitwidth or
-  /// scheme keeps them (compute_encodings again). Unfrozen encodings are dropped whenever the
-  /// grid they describe changes; frozen ones stay (and an axis change is then an error).
+  /// scheme keeps them (compute_encodings again). Encodings are dropped whenever the grid they
+  /// describe changes. A frozen quantizer refuses a new grid (bitwidth, scheme, dtype, axis)
+  /// with a config_error: its encodings stay put by definition, so accepting the change would
+  /// make bitwidth() report one grid while forward() computes on another. Unfreeze, change,
+  /// then compute_encodings (or set_encodings).
   void set_settings(const quantizer_settings& s) {
     validate(s);
     const bool layout_changed = s.channel_axis != settings_.channel_axis || s.dtype != settings_.dtype;
     const bool grid_changed = layout_changed || s.bitwidth != settings_.bitwidth || s.s != settings_.s;
-    QKIT_PRECONDITION(!(frozen_ && s.channel_axis != settings_.channel_axis), config_error,
-                      "quantizer '", name_, "': cannot change the per-channel axis of frozen encodings");
+    QKIT_PRECONDITION(!(frozen_ && grid_changed), config_error, "quantizer '", name_,
+                      "': its encodings are frozen (bitwidth ", settings_.bitwidth,
+                      "); unfreeze it before changing its bitwidth, scheme, dtype or axis, "
+                      "then compute_encodings");
     settings_ = s;
     if (layout_changed) setters_.clear();
-    if (grid_changed && !frozen_) encodings_.clear();
+    if (grid_changed) encodings_.clear();
   }
   void set_bitwidth(int bw) { with([&](quantizer_settings& s) { s.bitwidth = bw; }); }
   void set_scheme(const qkit::scheme& sc) { with([&](quantizer_settings& s) { s.s = sc; }); }
@@ -181,6 +186,9 @@ class quantizer {
 
   bool has_statistics() const { return !setters_.empty() && !setters_[0].empty(); }
   void reset_statistics() { setters_.clear(); }
+  /// Puts back statistics taken with statistics() from this quantizer (QuantSim does, when a
+  /// calibration batch fails part way through the model).
+  void restore_statistics(std::vector<RangeSetter> s) { setters_ = std::move(s); }
   /// The range setters (one per channel, or one).
   const std::vector<RangeSetter>& statistics() const { return setters_; }
 

@@ -143,6 +143,7 @@ class quantsim {
            ParamRangeSetter param_range = ParamRangeSetter{},
            quantsim_options options = {})
       : model_(std::make_unique<Model>(model)), config_(config), options_(options) {
+    check_op_types(config_);  // a config built in code gets the parser's check too
     const bool fold = options_.batch_norms == batch_norm_mode::fold;
     sim::validate_model(*model_, example_input, fold);
     if (fold) folds_ = nn::fold_batch_norms(*model_);
@@ -182,9 +183,21 @@ class quantsim {
   tensor forward(const tensor& x, Observer& observer) {
     hooks<Observer> h{this, &observer};
     if (calibrating_) {
-      if (acts_[0].enabled()) acts_[0].observe(x);
-      if constexpr (requires { observer.model_input(x, x); }) observer.model_input(x, x);
-      return nn::forward(*model_, x, h);
+      // A batch the model rejects part way (a wrong shape, NaN at some layer) must leave every
+      // statistic as it was, also when the callback catches the error and goes on: the input
+      // and the layers before the failing one have already observed it, so their statistics
+      // are put back. Only activation statistics change during calibration.
+      std::vector<std::vector<typename activation_quantizer_type::range_setter_type>> saved;
+      saved.reserve(acts_.size());
+      for (const auto& q : acts_) saved.push_back(q.statistics());
+      try {
+        if (acts_[0].enabled()) acts_[0].observe(x);
+        if constexpr (requires { observer.model_input(x, x); }) observer.model_input(x, x);
+        return nn::forward(*model_, x, h);
+      } catch (...) {
+        for (std::size_t i = 0; i < acts_.size(); ++i) acts_[i].restore_statistics(std::move(saved[i]));
+        throw;
+      }
     }
     if (!passes_through(acts_[0])) {
       tensor xq = acts_[0].qdq(x);

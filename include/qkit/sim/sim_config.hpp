@@ -145,7 +145,43 @@ struct sim_config {
   }
 };
 
+/// The op types a config may name (in op_type and in supergroups). A name outside this list is
+/// a config_error, because a misspelt one ("Conv2d" for "Conv") would otherwise match no layer
+/// and silently change nothing. The list is the ONNX op names qkit's layers report (their
+/// `op_type`: Conv, Gemm, Relu, Clip, Add, BatchNormalization, Flatten, MaxPool, AveragePool,
+/// GlobalAveragePool) plus the ONNX ops AIMET's shipped configs name, so that AIMET's config
+/// files load unchanged; entries for ops qkit has no layer for are accepted and stay inert.
+inline const std::vector<std::string_view>& known_op_types() {
+  static const std::vector<std::string_view> ops = {
+      // qkit's layers
+      "Add", "AveragePool", "BatchNormalization", "Clip", "Conv", "Flatten", "Gemm",
+      "GlobalAveragePool", "MaxPool", "Relu",
+      // named by AIMET's default, per-channel and backend configs
+      "Cast", "Concat", "ConvTranspose", "Div", "Gather", "GroupNormalization", "HardSigmoid",
+      "HardSwish", "InstanceNormalization", "LayerNorm", "LayerNormalization", "LeakyRelu",
+      "MatMul", "Mean", "Mul", "PRelu", "Pad", "ReduceMean", "Reshape", "Resize", "Sigmoid",
+      "Softmax", "Split", "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze", "Upsample"};
+  return ops;
+}
+
+/// Throws a config_error for the first op type in `c` (op_type keys, then supergroup op lists)
+/// that known_op_types() does not list, naming where it is and the known ones. `source` names
+/// the file, if any.
+inline void check_op_types(const sim_config& c, const std::string& source = {});
+
 namespace detail {
+
+inline std::string known_op_list() {
+  std::string s;
+  for (const auto op : known_op_types()) s += (s.empty() ? "" : ", ") + std::string(op);
+  return s;
+}
+
+inline bool is_known_op(const std::string& op) {
+  for (const auto k : known_op_types())
+    if (k == op) return true;
+  return false;
+}
 
 // Every complaint names the JSON path (op_type.Conv.is_output_quantized) so that a user can find
 // the line in a file that may have hundreds.
@@ -319,11 +355,26 @@ struct sim_config_parser {
       only_keys(*it, "model_output", {"is_output_quantized"});
       optional_bool(*it, "model_output", "is_output_quantized", c.model_output_quantized);
     }
+    check_op_types(c, source);
     return c;
   }
 };
 
 }  // namespace detail
+
+inline void check_op_types(const sim_config& c, const std::string& source) {
+  const std::string where = source.empty() ? std::string("quantsim config")
+                                           : "quantsim config '" + source + "'";
+  for (const auto& [op, settings] : c.op_type)
+    QKIT_PRECONDITION(detail::is_known_op(op), config_error, where, ": op_type.", op,
+                      ": unknown op type '", op, "' (op types are ONNX names; known: ",
+                      detail::known_op_list(), ")");
+  for (std::size_t i = 0; i < c.supergroups.size(); ++i)
+    for (const auto& op : c.supergroups[i])
+      QKIT_PRECONDITION(detail::is_known_op(op), config_error, where, ": supergroups[", i,
+                        "].op_list: unknown op type '", op, "' (op types are ONNX names; known: ",
+                        detail::known_op_list(), ")");
+}
 
 /// Parses a QuantSim config document. Unknown sections or keys, wrong types and malformed
 /// supergroups are config_errors naming the JSON path; `source` names the file in messages.
