@@ -99,6 +99,24 @@ inline int checked_bitwidth(std::int64_t bw, bool floating, const std::string& c
   return static_cast<int>(bw);
 }
 
+/// What a file may hold for an integer grid of `e.bitwidth` bits: a finite scale that is
+/// positive (0 only for AIMET's 32-bit pass-through entry), |offset| at most 2^bitwidth (the
+/// grid's integers 0..2^bw-1 shifted by offset must reach zero's neighbourhood; anything
+/// further is corruption, and would overflow the ONNX zero point), finite min and max. A reader
+/// checks it so that a bad entry is refused by name instead of becoming a NaN or a wild grid.
+inline void check_readable_int(const encoding& e, const std::string& ctx) {
+  checked_bitwidth(e.bitwidth, false, ctx);
+  QKIT_PRECONDITION(std::isfinite(e.scale) && (e.scale > 0.0 || (e.scale == 0.0 && e.bitwidth == 32)),
+                    format_error, ctx, ": scale ", e.scale,
+                    " must be finite and positive (0 only for a 32-bit pass-through entry)");
+  const std::int64_t reach = std::int64_t{1} << e.bitwidth;
+  QKIT_PRECONDITION(e.offset >= -reach && e.offset <= reach, format_error, ctx, ": offset ",
+                    e.offset, " is outside what ", e.bitwidth, " bits allow (|offset| <= ", reach,
+                    ")");
+  QKIT_PRECONDITION(std::isfinite(e.min) && std::isfinite(e.max), format_error, ctx, ": min ",
+                    e.min, " and max ", e.max, " must be finite");
+}
+
 inline encoding float_encoding(int bitwidth) {
   encoding e = encoding::fp16();
   e.bitwidth = bitwidth;
@@ -119,9 +137,13 @@ inline encoding int_encoding_from_scale_offset(double scale, std::int64_t offset
     e.scale = 0.0;
     e.offset = offset;
     e.symmetric = symmetric;
+    check_readable_int(e, ctx);
     return e;
   }
-  return encoding_from_scale_offset(scale, offset, bw, symmetric);
+  const encoding e = encoding_from_scale_offset(scale, offset, bw, symmetric);
+  // min/max are derived from scale and offset, so a huge scale can make them infinite.
+  check_readable_int(e, ctx);
+  return e;
 }
 
 inline void check_writable(const encoding& e, const std::string& ctx) {
@@ -143,20 +165,24 @@ inline nlohmann::json entry_to_json_0_6_1(const encoding& e) { return nlohmann::
 inline encoding entry_from_json_0_6_1(const nlohmann::json& j, const std::string& ctx) {
   QKIT_PRECONDITION(j.is_object(), format_error, ctx, ": entry must be an object, got ",
                     j.dump());
+  encoding e;
   try {
     // Files before 0.5.0 have no dtype: every entry is an integer grid.
     if (!j.contains("dtype")) {
       nlohmann::json with_dtype = j;
       with_dtype["dtype"] = "int";
-      return with_dtype.get<encoding>();
+      e = with_dtype.get<encoding>();
+    } else {
+      e = j.get<encoding>();
     }
-    return j.get<encoding>();
-  } catch (const format_error& e) {
-    std::string msg = e.what();
+  } catch (const format_error& err) {
+    std::string msg = err.what();
     const std::string prefix = "qkit: format error: ";
     if (msg.rfind(prefix, 0) == 0) msg.erase(0, prefix.size());
     QKIT_THROW(format_error, ctx, ": ", msg);
   }
+  if (e.dtype == dtype::integer) check_readable_int(e, ctx);
+  return e;
 }
 
 // One 1.0.0 entry: every channel's scale/offset in lists, the shared settings once.

@@ -7,7 +7,10 @@
 #include <array>
 #include <cstdint>
 #include <filesystem>
+#include <initializer_list>
+#include <limits>
 #include <string>
+#include <system_error>
 #include <vector>
 
 #include <zlib.h>
@@ -78,6 +81,17 @@ class gz_input {
   }
   const std::string& path() const { return path_; }
 
+  /// The most data bytes that can follow what was read so far: the rest of the file when it
+  /// is plain, or 1032 times it when it is gzip (deflate expands by at most 1032:1). Lets a
+  /// reader refuse a header that announces more than the file can hold before allocating.
+  std::uintmax_t max_remaining_bytes() const {
+    std::error_code ec;
+    const std::uintmax_t size = std::filesystem::file_size(path_, ec);
+    if (ec) return std::numeric_limits<std::uintmax_t>::max();  // a pipe: no size to go by
+    if (::gzdirect(f_)) return size > consumed_ ? size - consumed_ : 0;
+    return size > std::numeric_limits<std::uintmax_t>::max() / 1032 ? size : size * 1032;
+  }
+
  private:
   std::string path_;
   gzFile f_ = nullptr;
@@ -106,6 +120,27 @@ inline std::vector<std::size_t> read_idx_header(gz_input& in, unsigned rank) {
   return dims;
 }
 
+/// count * rows * cols bytes, refused (format_error) when the product overflows or exceeds
+/// what the rest of the file can hold, so that a corrupt header never drives an allocation.
+inline std::size_t idx_data_bytes(gz_input& in, std::initializer_list<std::size_t> dims,
+                                  const char* what) {
+  std::size_t bytes = 1;
+  std::string shape;
+  for (auto d : dims) shape += (shape.empty() ? "" : "x") + std::to_string(d);
+  for (auto d : dims) {
+    if (d != 0 && bytes > std::numeric_limits<std::size_t>::max() / d)
+      QKIT_THROW(qkit::format_error, "IDX file '", in.path(), "': header announces ", shape, " ",
+                 what, ", more bytes than can be counted (corrupt header?)");
+    bytes *= d;
+  }
+  const std::uintmax_t most = in.max_remaining_bytes();
+  if (bytes > most)
+    QKIT_THROW(qkit::format_error, "IDX file '", in.path(), "': header announces ", shape, " ",
+               what, " (", bytes, " bytes) but the file can hold at most ", most,
+               " (truncated or corrupt header)");
+  return bytes;
+}
+
 inline std::string idx_path(const std::string& dir, const std::string& stem) {
   // Prefer the .gz Debian ships; accept an uncompressed copy beside it.
   const std::filesystem::path gz = std::filesystem::path(dir) / (stem + ".gz");
@@ -128,7 +163,8 @@ inline idx_images read_idx_images(const std::string& path, std::size_t limit = 0
   out.count = (limit > 0 && limit < dims[0]) ? limit : dims[0];
   out.rows = dims[1];
   out.cols = dims[2];
-  const std::size_t bytes = out.count * out.rows * out.cols;
+  const std::size_t bytes =
+      detail::idx_data_bytes(in, {out.count, out.rows, out.cols}, "images of pixel data");
   out.pixels.resize(bytes);
   in.read_exact(out.pixels.data(), bytes, "pixel data");
   if (out.count == dims[0] && !in.at_end())
@@ -142,7 +178,7 @@ inline std::vector<std::uint8_t> read_idx_labels(const std::string& path, std::s
   detail::gz_input in(path);
   const auto dims = detail::read_idx_header(in, 1);
   const std::size_t count = (limit > 0 && limit < dims[0]) ? limit : dims[0];
-  std::vector<std::uint8_t> labels(count);
+  std::vector<std::uint8_t> labels(detail::idx_data_bytes(in, {count}, "labels"));
   in.read_exact(labels.data(), count, "labels");
   if (count == dims[0] && !in.at_end())
     QKIT_THROW(qkit::format_error, "IDX file '", path, "': data continues after the ", dims[0],

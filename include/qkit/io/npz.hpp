@@ -360,19 +360,43 @@ inline std::uint32_t crc_of(const std::string& bytes) {
   return static_cast<std::uint32_t>(crc);
 }
 
-/// Raw-deflate decompression of one zip entry into exactly `expected` bytes.
+/// Deflate cannot expand data by more than 1032:1 (zlib's documented limit: a run of one
+/// repeated byte). A zip directory that claims more than that of its compressed bytes lies,
+/// and is refused before anything is allocated for it.
+inline constexpr std::uint64_t max_deflate_ratio = 1032;
+
+/// The most bytes one npz entry may decompress to (16 GiB). A stated bound rather than "what
+/// the directory says", so that a corrupt or hostile size can never ask for more.
+inline constexpr std::uint64_t max_npz_entry_bytes = std::uint64_t{1} << 34;
+
+/// Raw-deflate decompression of one zip entry into exactly `expected` bytes. The caller has
+/// bounded `expected`; zlib's 32-bit counts are fed in pieces so that nothing is truncated.
 inline std::string inflate_entry(const std::uint8_t* src, std::size_t src_size,
                                  std::size_t expected, const std::string& where) {
   std::string out(expected, '\0');
   z_stream zs{};
   if (inflateInit2(&zs, -MAX_WBITS) != Z_OK)
     QKIT_THROW(qkit::format_error, where, ": zlib inflateInit failed");
+  constexpr std::size_t piece = std::size_t{1} << 30;
+  std::size_t in_left = src_size, out_left = expected;
   zs.next_in = const_cast<Bytef*>(src);
-  zs.avail_in = static_cast<uInt>(src_size);
   zs.next_out = reinterpret_cast<Bytef*>(out.data());
-  zs.avail_out = static_cast<uInt>(expected);
-  const int rc = inflate(&zs, Z_FINISH);
-  const std::size_t produced = expected - zs.avail_out;
+  int rc = Z_OK;
+  for (;;) {
+    if (zs.avail_in == 0) {
+      zs.avail_in = static_cast<uInt>(std::min(in_left, piece));
+      in_left -= zs.avail_in;
+    }
+    if (zs.avail_out == 0) {
+      zs.avail_out = static_cast<uInt>(std::min(out_left, piece));
+      out_left -= zs.avail_out;
+    }
+    // Z_BUF_ERROR means no progress: the input ran out (truncated) or the output did (the
+    // entry holds more than it claims). Either way the entry is bad; the check below says so.
+    rc = inflate(&zs, Z_NO_FLUSH);
+    if (rc != Z_OK) break;
+  }
+  const std::size_t produced = expected - out_left - zs.avail_out;
   inflateEnd(&zs);
   if (rc != Z_STREAM_END || produced != expected)
     QKIT_THROW(qkit::format_error, where, ": deflated data is corrupt or truncated (zlib code ",
@@ -412,7 +436,7 @@ inline std::vector<zip_entry> read_zip_directory(const std::vector<std::uint8_t>
     if (eocd < 20 || get_le(&buf[eocd - 20], 4) != 0x07064b50u)
       bad("zip64 sizes without a zip64 locator");
     const std::uint64_t z64 = get_le(&buf[eocd - 20 + 8], 8);
-    if (z64 + 56 > size || get_le(&buf[z64], 4) != 0x06064b50u)
+    if (z64 > size || size - z64 < 56 || get_le(&buf[z64], 4) != 0x06064b50u)
       bad("zip64 end record missing at offset " + std::to_string(z64));
     count = get_le(&buf[z64 + 32], 8);
     cd_size = get_le(&buf[z64 + 40], 8);
@@ -487,7 +511,18 @@ inline std::string zip_entry_bytes(const std::vector<std::uint8_t>& buf, const z
       QKIT_THROW(qkit::format_error, where, ": stored entry with differing sizes");
     out.assign(reinterpret_cast<const char*>(&buf[data_at]), e.compressed);
   } else if (e.method == 8) {
-    out = inflate_entry(&buf[data_at], e.compressed, e.uncompressed, where);
+    // Bound the claimed size by what the compressed bytes can hold and by the stated limit
+    // before allocating it: a 184-byte file must not make the reader ask for gigabytes.
+    const std::uint64_t most = e.compressed > max_npz_entry_bytes / max_deflate_ratio
+                                   ? max_npz_entry_bytes
+                                   : std::min(max_npz_entry_bytes,
+                                              e.compressed * max_deflate_ratio + 64);
+    if (e.uncompressed > most)
+      QKIT_THROW(qkit::format_error, where, ": entry claims ", e.uncompressed,
+                 " uncompressed bytes from ", e.compressed, " deflated bytes (at most ", most,
+                 " possible; corrupt size?)");
+    out = inflate_entry(&buf[data_at], static_cast<std::size_t>(e.compressed),
+                        static_cast<std::size_t>(e.uncompressed), where);
   } else {
     QKIT_THROW(qkit::format_error, where, ": compression method ", e.method,
                " not supported (expected 0 stored or 8 deflate)");

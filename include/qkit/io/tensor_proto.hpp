@@ -263,10 +263,12 @@ inline void decode_tensor_payload(onnx_tensor& t, const std::string& raw, bool h
                                   const wire_reader& r, std::size_t start) {
   namespace dt = onnx_dtype;
   // A corrupt dims field must give an error, not a wrapped-around product or a huge allocation.
+  // Each dimension is bounded on its own too: after a 0 the product stays 0 whatever follows,
+  // and to_tensor's strides would still multiply the dims that follow it.
   std::size_t n = 1;
   for (auto d : t.dims) {
     const auto u = static_cast<std::size_t>(d);
-    if (u != 0 && n > (std::size_t(1) << 48) / u)
+    if (u > (std::size_t(1) << 48) || (u != 0 && n > (std::size_t(1) << 48) / u))
       r.fail(start, "tensor '" + t.name + "' has implausible dims " + qkit::shape_string(t.dims));
     n *= u;
   }
@@ -521,7 +523,7 @@ inline void parse_graph(wire_reader r, onnx_test_case& tc) {
 /// Sorted by the number in input_<k>.pb, so input_10 follows input_9.
 inline std::vector<std::filesystem::path> numbered_files(const std::filesystem::path& dir,
                                                          const std::string& stem) {
-  std::vector<std::pair<long, std::filesystem::path>> found;
+  std::vector<std::pair<std::pair<std::size_t, std::string>, std::filesystem::path>> found;
   for (const auto& e : std::filesystem::directory_iterator(dir)) {
     const std::string f = e.path().filename().string();
     if (f.size() < stem.size() + 4 || f.compare(0, stem.size(), stem) != 0 ||
@@ -532,7 +534,9 @@ inline std::vector<std::filesystem::path> numbered_files(const std::filesystem::
           return c >= '0' && c <= '9';
         }))
       continue;
-    found.emplace_back(std::stol(num), e.path());
+    // By (digit count, digits): numeric order without std::stol's out_of_range on long names.
+    const std::size_t digits = num.size() - std::min(num.find_first_not_of('0'), num.size() - 1);
+    found.emplace_back(std::make_pair(digits, num.substr(num.size() - digits)), e.path());
   }
   std::sort(found.begin(), found.end());
   std::vector<std::filesystem::path> out;
