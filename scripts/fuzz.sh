@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Builds qkit's libFuzzer targets (fuzz/) with clang -fsanitize=fuzzer,address,undefined and
+# runs each for SECONDS (default 60) on a copy of its committed seed corpus, under a memory
+# bound. Installs nothing: scripts/deps.sh provides clang and libFuzzer.
+#   scripts/fuzz.sh [seconds] [target...]   targets: npz idx encodings sim_config tensor_proto
+#   scripts/fuzz.sh --seeds                 rewrites fuzz/corpus/* with qkit's writers
+# BUILD_DIR (default build-fuzz/), JOBS (default 1), RSS_MB (default 1024) and MALLOC_MB
+# (default 512: the largest single allocation a target may make) can be set. Findings (crash-*,
+# leak-*, oom-*, timeout-*) land in BUILD_DIR/findings/<target>/; the run then fails.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+build=${BUILD_DIR:-$here/build-fuzz}
+jobs=${JOBS:-1}
+rss_mb=${RSS_MB:-1024}
+malloc_mb=${MALLOC_MB:-512}
+all=(npz idx encodings sim_config tensor_proto)
+
+command -v clang++ >/dev/null || { echo "fuzz: clang++ not found (run scripts/deps.sh)" >&2; exit 1; }
+cmake -S "$here/fuzz" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++ >/dev/null
+
+if [[ ${1:-} == --seeds ]]; then
+  cmake --build "$build" -j "$jobs" --target qkit_fuzz_make_seeds
+  (cd "$here" && "$build/qkit_fuzz_make_seeds" fuzz/corpus)
+  exit 0
+fi
+
+seconds=${1:-60}
+shift || true
+targets=("$@")
+((${#targets[@]})) || targets=("${all[@]}")
+
+status=0
+for t in "${targets[@]}"; do
+  cmake --build "$build" -j "$jobs" --target "qkit_fuzz_$t"
+  # Fuzz on a working copy, so the committed corpus changes only when someone decides to.
+  work="$build/corpus/$t" findings="$build/findings/$t"
+  rm -rf "$findings"
+  mkdir -p "$work" "$findings"
+  cp -n "$here/fuzz/corpus/$t/"* "$work/" 2>/dev/null || true
+  echo "fuzz: $t for ${seconds}s"
+  if ! "$build/qkit_fuzz_$t" -max_total_time="$seconds" -rss_limit_mb="$rss_mb" \
+       -malloc_limit_mb="$malloc_mb" -timeout=10 -max_len=65536 -print_final_stats=1 \
+       -artifact_prefix="$findings/" "$work" 2>&1 | tee "$build/$t.log" | grep -E "^(#[0-9]+ +DONE|stat::|==|SUMMARY|artifact_prefix|Test unit written)"; then
+    :
+  fi
+  if ls "$findings"/* >/dev/null 2>&1; then
+    echo "fuzz: $t found something: $(ls "$findings")" >&2
+    status=1
+  fi
+done
+exit $status
