@@ -105,6 +105,14 @@ int main(int argc, char** argv) {
     // never an allocation attempt), and just one byte more than the data holds.
     spit(root / "npz" / "claims-2e62.npz", deflated_zip("a.npy", npy, std::uint64_t{1} << 62));
     spit(root / "npz" / "claims-one-more.npz", deflated_zip("a.npy", npy, npy.size() + 1));
+    // An empty archive whose zip64 end-record offset is 2^64 - 8: `z64 + 56 > size` wrapped
+    // around and the reader read 8 bytes before its buffer (ASan: heap-buffer-overflow).
+    std::string wrap(64, '\0');
+    put_u32(wrap, 0x07064b50u); put_u32(wrap, 0); put_u32(wrap, 0xFFFFFFF8u);
+    put_u32(wrap, 0xFFFFFFFFu); put_u32(wrap, 1);
+    put_u32(wrap, 0x06054b50u); put_u16(wrap, 0); put_u16(wrap, 0); put_u16(wrap, 0xFFFF);
+    put_u16(wrap, 0xFFFF); put_u32(wrap, 0xFFFFFFFFu); put_u32(wrap, 0xFFFFFFFFu); put_u16(wrap, 0);
+    spit(root / "npz" / "zip64-wrap.npz", wrap);
     // numpy's other dtypes and Fortran order, as hand-made .npy images.
     std::string h = "{'descr': '>i8', 'fortran_order': True, 'shape': (2, 2), }";
     h.append(128 - 10 - h.size() - 1, ' ');
@@ -144,6 +152,9 @@ int main(int argc, char** argv) {
    "is_sym": true, "scale": [0.5, 0.25], "offset": [-8, -8]},
   {"name": "h", "dtype": "FLOAT", "enc_type": "PER_TENSOR", "bw": 16}],
  "excluded_layers": ["a"], "quantizer_args": {"activation_bitwidth": 8}})");
+    spit(root / "encodings" / "negative-passthrough-0.6.1.encodings", R"({"version": "0.6.1",
+ "activation_encodings": {"x": [{"bitwidth": 32, "dtype": "int", "is_symmetric": "False",
+   "max": 1.0, "min": -1.0, "offset": 0, "scale": -1.0}]}})");
     spit(root / "encodings" / "huge-offset-1.0.0.encodings", R"({"version": "1.0.0",
  "param_encodings": [{"name": "w", "dtype": "INT", "enc_type": "PER_TENSOR", "bw": 8,
    "is_sym": true, "scale": [1e308], "offset": [-9000000000000000]}]})");

@@ -4,6 +4,7 @@
 # bound. Installs nothing: scripts/deps.sh provides clang and libFuzzer.
 #   scripts/fuzz.sh [seconds] [target...]   targets: npz idx encodings sim_config tensor_proto
 #   scripts/fuzz.sh --seeds                 rewrites fuzz/corpus/* with qkit's writers
+#   scripts/fuzz.sh --replay [target...]    runs every committed input once (a regression check)
 # BUILD_DIR (default build-fuzz/), JOBS (default 1), RSS_MB (default 1024) and MALLOC_MB
 # (default 512: the largest single allocation a target may make) can be set. Findings (crash-*,
 # leak-*, oom-*, timeout-*) land in BUILD_DIR/findings/<target>/; the run then fails.
@@ -21,6 +22,20 @@ cmake -S "$here/fuzz" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_
 if [[ ${1:-} == --seeds ]]; then
   cmake --build "$build" -j "$jobs" --target qkit_fuzz_make_seeds
   (cd "$here" && "$build/qkit_fuzz_make_seeds" fuzz/corpus)
+  exit 0
+fi
+
+if [[ ${1:-} == --replay ]]; then
+  shift
+  targets=("$@")
+  ((${#targets[@]})) || targets=("${all[@]}")
+  for t in "${targets[@]}"; do
+    cmake --build "$build" -j "$jobs" --target "qkit_fuzz_$t"
+    # -runs=0: each corpus file once, no mutation; a crash or a non-qkit exception fails.
+    echo -n "fuzz: replay $t: "
+    "$build/qkit_fuzz_$t" -runs=0 -rss_limit_mb="$rss_mb" -malloc_limit_mb="$malloc_mb" \
+      "$here/fuzz/corpus/$t" 2>&1 | tail -1
+  done
   exit 0
 fi
 
