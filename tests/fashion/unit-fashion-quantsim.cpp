@@ -46,7 +46,25 @@ TEST_CASE("trained model: QuantSim with quantizers off or at 32 bits is bit-iden
 
   quantsim<fashion::model_type, presets::fp32> sim32(fixture().model, first_images(1));
   calibrate(sim32, fixture().calib, 1000);
-  CHECK(bit_identical(sim32.forward(x), expected));
+  const tensor simulated = sim32.forward(x);
+  CHECK(bit_identical(simulated, expected));
+
+  // `expected` comes from the fold QuantSim itself calls; the unfolded trained model (live batch
+  // norms) is the independent truth. Folding only reorders float arithmetic (a few ulps per
+  // layer over the network's depth), so 1e-4 of the logit scale is generous for rounding and
+  // far below what a folding mistake (a wrong channel, eps or mean) does to the logits.
+  // Measured: 8.6e-6 on a logit scale of 16.6 (5e-7 of it), so the bound has a margin of ~200.
+  auto live = fixture().model;
+  const tensor unfolded = nn::forward(live, x);
+  REQUIRE(simulated.shape() == unfolded.shape());
+  double scale = 1.0, max_diff = 0.0;
+  for (std::size_t i = 0; i < unfolded.size(); ++i) {
+    scale = std::max(scale, double(std::fabs(unfolded.data()[i])));
+    max_diff = std::max(max_diff, double(std::fabs(simulated.data()[i] - unfolded.data()[i])));
+  }
+  MESSAGE("FP32 QuantSim vs the unfolded model: max logit difference " << max_diff << " (scale "
+          << scale << ")");
+  CHECK(max_diff <= 1e-4 * scale);
 }
 
 TEST_CASE("trained model: accuracy per precision") {
@@ -78,7 +96,13 @@ TEST_CASE("trained model: exported QDQ ONNX runs in ONNX Runtime like QuantSim")
     fashion_test::compare_with_ort(sim, "fashion_w8a8", "disabled", 0.999, 1.0);
     // ORT's default level fuses QDQ into integer kernels (QLinearConv...), whose requantization
     // a float simulation does not reproduce exactly: agreement is lower, differences larger.
-    fashion_test::compare_with_ort(sim, "fashion_w8a8", "all", 0.98, 1e9);
+    // Each fused kernel rounds its requantized output in integer arithmetic where the
+    // simulation rounds in float, which moves a value by at most one step of that tensor; the
+    // layers after it mostly damp that. Measured on the 10,000 test images with the pinned ORT
+    // (tools/ort): 99.5% agreement and at most 2 output steps. We allow 4, twice the measured
+    // figure, so that another ORT build rounding one more layer differently still passes; the
+    // bound of 10^9 it replaces could not fail at all.
+    fashion_test::compare_with_ort(sim, "fashion_w8a8", "all", 0.98, 4.0);
   }
   {
     quantsim<fashion::model_type, presets::w4a8_per_channel> sim(d.model, first_images(1));
