@@ -15,7 +15,9 @@
 #include <qkit/data/dataset.hpp>
 #include <qkit/io/idx.hpp>
 #include <qkit/nn/nn.hpp>
+#if defined(QKIT_WITH_ONNX)
 #include <qkit/sim/quantsim_export.hpp>
+#endif
 
 #include "../../examples/models/fashion_mobilenet.hpp"
 #include "../../examples/models/ptq_pipeline.hpp"
@@ -52,6 +54,9 @@ inline std::filesystem::path out_dir() {
   return d;
 }
 
+// Without qkit::onnx (the default configure) nothing is exported: the suite's accuracy and PTQ
+// tests still run, its ONNX Runtime comparisons are compiled out.
+#if defined(QKIT_WITH_ONNX)
 // Exports `sim`, runs the 10,000 test images through ONNX Runtime at `opt`, and compares the
 // logits with QuantSim's: top-1 agreement and the largest difference in output steps.
 template <class Sim>
@@ -84,5 +89,7 @@ void compare_with_ort(Sim& sim, const std::string& name, const std::string& opt,
   CHECK(agreement >= min_agreement);
   CHECK(max_diff <= max_steps * step * 1.0001);
 }
+
+#endif  // QKIT_WITH_ONNX
 
 }  // namespace fashion_test

@@ -88,6 +88,7 @@ TEST_CASE("trained model: accuracy per precision") {
 }
 
 
+#if defined(QKIT_WITH_ONNX)
 TEST_CASE("trained model: exported QDQ ONNX runs in ONNX Runtime like QuantSim") {
   auto& d = fixture();
   {
@@ -110,3 +111,4 @@ TEST_CASE("trained model: exported QDQ ONNX runs in ONNX Runtime like QuantSim")
     fashion_test::compare_with_ort(sim, "fashion_w4a8_pc", "disabled", 0.999, 1.0);
   }
 }
+#endif  // QKIT_WITH_ONNX
