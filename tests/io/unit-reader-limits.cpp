@@ -137,6 +137,18 @@ TEST_CASE("npz limits: a deflated entry's claimed size is bounded by its compres
   }
 }
 
+TEST_CASE("npz limits: an .npy shape with a 0 must not have other dims whose product overflows") {
+  std::string h = "{'descr': '<f4', 'fortran_order': False, 'shape': (0, 999999999999999, 999999999999999), }";
+  h.append(128 - 10 - h.size() - 1, ' ');
+  h.push_back('\n');
+  std::string npy = std::string("\x93NUMPY\x01\x00", 8);
+  put_u16(npy, static_cast<std::uint32_t>(h.size()));
+  npy += h;
+  const auto p = write("zero-huge.npy", npy);
+  CHECK(format_error_of([&] { load_npy(p); }).find("implausible shape (0, 999999999999999") !=
+        std::string::npos);
+}
+
 TEST_CASE("npz limits: a zip64 end record offset near 2^64 does not wrap around the length check") {
   // An empty archive whose end record sends the reader to a zip64 record at 2^64 - 8; leading
   // bytes (which zip allows) make the file longer than the wrapped-around 2^64 - 8 + 56.
@@ -289,6 +301,29 @@ TEST_CASE("tensor_proto limits: dims are checked against the data before allocat
     const auto p = write("dims-zero-huge.pb", tensor_with_dims({0, 1ull << 60, 1ull << 60}, 1, ""));
     CHECK(format_error_of([&] { read_tensor_proto(p.string()); }).find("implausible dims") !=
           std::string::npos);
+  }
+  SUBCASE("zero elements, but strides beyond 2^48 (found by fuzz_tensor_proto: UBSan signed "
+          "overflow in xtensor's strides)") {
+    const auto p = write("dims-zero-strides.pb", tensor_with_dims({0, 1ull << 25, 1ull << 25}, 1, ""));
+    CHECK(format_error_of([&] { read_tensor_proto(p.string()); }).find("implausible dims") !=
+          std::string::npos);
+    // The fuzzer's own input (its tensor name holds a NUL byte, which cuts what() short, so only
+    // the type is checked).
+    const fs::path found =
+        fs::path(QKIT_SOURCE_DIR) / "fuzz/corpus/tensor_proto/zero-dim-stride-overflow.pb";
+    CHECK_THROWS_AS(read_tensor_proto(found.string()), qkit::format_error);
+  }
+  SUBCASE("to_tensor refuses an onnx_tensor whose values do not match its dims") {
+    onnx_tensor t;
+    t.name = "hand";
+    t.data_type = 1;
+    t.dims = {2, 3};
+    t.floats = {1.0f, 2.0f};
+    CHECK(format_error_of([&] { to_tensor(t); }).find("tensor 'hand' has dims [2, 3] (6 elements) "
+                                                      "but holds 2 values") != std::string::npos);
+    t.dims = {0, 1ll << 40, 1ll << 40};
+    t.floats.clear();
+    CHECK(format_error_of([&] { to_tensor(t); }).find("implausible dims") != std::string::npos);
   }
   SUBCASE("2^40 elements announced, 4 bytes of raw data present") {
     const auto p = write("dims-2e40.pb", tensor_with_dims({1ull << 20, 1ull << 20}, 1, "abcd"));

@@ -307,10 +307,13 @@ inline npz_entry parse_npy_entry(const std::uint8_t* data, std::size_t size,
     shape.push_back(std::stoull(shape_text.substr(i, j - i)));
     i = j;
   }
-  std::size_t n = 1;
+  // The product of the non-zero dims is bounded too: with a 0 the element count is 0, but
+  // xtensor's (signed) strides still multiply the other dims and must not overflow.
+  std::size_t n = 1, strides = 1;
   for (auto d : shape) {
-    if (d != 0 && n > (std::size_t(1) << 56) / d)
+    if (d != 0 && strides > (std::size_t(1) << 56) / d)
       QKIT_THROW(qkit::format_error, where, ": implausible shape ", shape_text);
+    if (d != 0) strides *= d;
     n *= d;
   }
   const std::size_t data_at = header_at + header_len;

@@ -263,13 +263,15 @@ inline void decode_tensor_payload(onnx_tensor& t, const std::string& raw, bool h
                                   const wire_reader& r, std::size_t start) {
   namespace dt = onnx_dtype;
   // A corrupt dims field must give an error, not a wrapped-around product or a huge allocation.
-  // Each dimension is bounded on its own too: after a 0 the product stays 0 whatever follows,
-  // and to_tensor's strides would still multiply the dims that follow it.
-  std::size_t n = 1;
+  // The product of the non-zero dims is bounded too: after a 0 the element count stays 0
+  // whatever follows, but to_tensor's strides (signed, in xtensor) still multiply the dims that
+  // follow it, and overflowed (fuzz/corpus/tensor_proto/zero-dim-stride-overflow.pb).
+  std::size_t n = 1, strides = 1;
   for (auto d : t.dims) {
     const auto u = static_cast<std::size_t>(d);
-    if (u > (std::size_t(1) << 48) || (u != 0 && n > (std::size_t(1) << 48) / u))
+    if (u != 0 && strides > (std::size_t(1) << 48) / u)
       r.fail(start, "tensor '" + t.name + "' has implausible dims " + qkit::shape_string(t.dims));
+    if (u != 0) strides *= u;
     n *= u;
   }
   const auto bad = [&](const std::string& what) {
@@ -554,6 +556,20 @@ inline onnx_tensor read_tensor_proto(const std::string& path) {
 
 /// The tensor's values as a float32 qkit::tensor of shape dims (integers converted).
 inline qkit::tensor to_tensor(const onnx_tensor& t) {
+  // The reader checked the dims against the data; an onnx_tensor built by hand may not agree.
+  const std::size_t values = t.is_floating() ? t.floats.size() : t.ints.size();
+  std::size_t n = 1, strides = 1;
+  for (auto d : t.dims) {
+    const auto u = static_cast<std::size_t>(d);
+    if (d < 0 || (u != 0 && strides > (std::size_t(1) << 48) / u))
+      QKIT_THROW(qkit::format_error, "tensor '", t.name, "' has implausible dims ",
+                 qkit::shape_string(t.dims));
+    if (u != 0) strides *= u;
+    n *= u;
+  }
+  if (n != values)
+    QKIT_THROW(qkit::format_error, "tensor '", t.name, "' has dims ", qkit::shape_string(t.dims),
+               " (", n, " elements) but holds ", values, " values");
   shape_type shape(t.dims.begin(), t.dims.end());
   qkit::tensor out(shape);
   if (t.is_floating()) {
