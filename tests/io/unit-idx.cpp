@@ -13,8 +13,12 @@
 
 #include <qkit/io/idx.hpp>
 
+#include "io_test_util.hpp"
+
 namespace fs = std::filesystem;
 using namespace qkit::io;
+
+using io_test::format_error_of;
 
 namespace {
 const std::string fm_dir = QKIT_FASHION_MNIST;
@@ -41,19 +45,7 @@ void gzip_to(const fs::path& p, const std::string& data) {
   REQUIRE(gzwrite(f, data.data(), static_cast<unsigned>(data.size())) == static_cast<int>(data.size()));
   gzclose(f);
 }
-void write_plain(const fs::path& p, const std::string& data) {
-  std::ofstream out(p, std::ios::binary | std::ios::trunc);
-  out.write(data.data(), static_cast<std::streamsize>(data.size()));
-}
-template <class F>
-std::string format_error_of(F&& f) {
-  try {
-    f();
-  } catch (const qkit::format_error& e) {
-    return e.what();
-  }
-  return "<no format_error>";
-}
+void write_plain(const fs::path& p, const std::string& data) { io_test::write_bytes(p, data); }
 }  // namespace
 
 TEST_CASE("idx: Fashion-MNIST training set, counts, labels and pixel sums") {

@@ -24,8 +24,13 @@
 #include <qkit/nn/pooling.hpp>
 #include <qkit/nn/weights_file.hpp>
 
+#include "io_test_util.hpp"
+
 namespace fs = std::filesystem;
 using namespace qkit::io;
+
+using io_test::deflate_raw;
+using io_test::format_error_of;
 
 namespace {
 fs::path out_dir(const std::string& sub) {
@@ -34,25 +39,10 @@ fs::path out_dir(const std::string& sub) {
   fs::create_directories(p);
   return p;
 }
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-void spit(const fs::path& p, const std::string& s) {
-  std::ofstream out(p, std::ios::binary | std::ios::trunc);
-  out.write(s.data(), static_cast<std::streamsize>(s.size()));
-}
+std::string slurp(const fs::path& p) { return io_test::read_bytes(p); }
+void spit(const fs::path& p, const std::string& s) { io_test::write_bytes(p, s); }
 std::size_t files_in(const fs::path& dir) {
   return static_cast<std::size_t>(std::distance(fs::directory_iterator(dir), fs::directory_iterator()));
-}
-template <class F>
-std::string format_error_of(F&& f) {
-  try {
-    f();
-  } catch (const qkit::format_error& e) {
-    return e.what();
-  }
-  return "<no format_error>";
 }
 qkit::tensor ramp(const qkit::shape_type& shape, float scale) {
   qkit::tensor t(shape);
@@ -66,19 +56,6 @@ bool same(const qkit::tensor& a, const qkit::tensor& b) {
 
 // Minimal zip builder for reader tests: deflated (or stored) entries, optionally with numpy's
 // zip64 placeholders in the local header.
-std::string deflate_raw(const std::string& in) {
-  z_stream zs{};
-  REQUIRE(deflateInit2(&zs, 6, Z_DEFLATED, -MAX_WBITS, 8, Z_DEFAULT_STRATEGY) == Z_OK);
-  std::string out(deflateBound(&zs, in.size()), '\0');
-  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
-  zs.avail_in = static_cast<uInt>(in.size());
-  zs.next_out = reinterpret_cast<Bytef*>(out.data());
-  zs.avail_out = static_cast<uInt>(out.size());
-  REQUIRE(deflate(&zs, Z_FINISH) == Z_STREAM_END);
-  out.resize(zs.total_out);
-  deflateEnd(&zs);
-  return out;
-}
 std::string make_zip(const std::vector<std::pair<std::string, std::string>>& entries, bool deflated,
                      bool zip64_local) {
   using qkit::io::detail::put_u16;

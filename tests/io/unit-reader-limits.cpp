@@ -20,10 +20,14 @@
 #include <qkit/io/npz.hpp>
 #include <qkit/io/tensor_proto.hpp>
 
+#include "io_test_util.hpp"
+
 namespace fs = std::filesystem;
 using namespace qkit::io;
 using qkit::io::detail::put_u16;
 using qkit::io::detail::put_u32;
+
+using io_test::format_error_of;
 
 namespace {
 fs::path limits_dir() {
@@ -33,20 +37,8 @@ fs::path limits_dir() {
 }
 fs::path write(const std::string& name, const std::string& bytes) {
   const fs::path p = limits_dir() / name;
-  std::ofstream out(p, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  io_test::write_bytes(p, bytes);
   return p;
-}
-/// The message of the format_error `f` throws; any other exception (std::bad_alloc,
-/// std::length_error, ...) fails the test by escaping.
-template <class F>
-std::string format_error_of(F&& f) {
-  try {
-    f();
-  } catch (const qkit::format_error& e) {
-    return e.what();
-  }
-  return "<no format_error>";
 }
 std::string be32(std::uint32_t v) {
   return {char(v >> 24), char((v >> 16) & 0xFF), char((v >> 8) & 0xFF), char(v & 0xFF)};
@@ -55,19 +47,7 @@ void put_u64(std::string& s, std::uint64_t v) {
   put_u32(s, static_cast<std::uint32_t>(v));
   put_u32(s, static_cast<std::uint32_t>(v >> 32));
 }
-std::string deflate_raw(const std::string& in) {
-  z_stream zs{};
-  REQUIRE(deflateInit2(&zs, 9, Z_DEFLATED, -MAX_WBITS, 8, Z_DEFAULT_STRATEGY) == Z_OK);
-  std::string out(deflateBound(&zs, in.size()), '\0');
-  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
-  zs.avail_in = static_cast<uInt>(in.size());
-  zs.next_out = reinterpret_cast<Bytef*>(out.data());
-  zs.avail_out = static_cast<uInt>(out.size());
-  REQUIRE(deflate(&zs, Z_FINISH) == Z_STREAM_END);
-  out.resize(zs.total_out);
-  deflateEnd(&zs);
-  return out;
-}
+std::string deflate_raw(const std::string& in) { return io_test::deflate_raw(in, 9); }
 /// A one-entry zip holding `data` deflated, whose directory states `claimed` uncompressed
 /// bytes (through a zip64 extra field when that does not fit 32 bits).
 std::string deflated_zip(const std::string& data, std::uint64_t claimed) {

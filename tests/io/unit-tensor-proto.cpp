@@ -7,6 +7,8 @@
 
 #include <qkit/io/tensor_proto.hpp>
 
+#include "io_test_util.hpp"
+
 namespace fs = std::filesystem;
 using namespace qkit::io;
 
@@ -19,25 +21,8 @@ fs::path test_output_dir() {
   return p;
 }
 
-void write_bytes(const fs::path& p, const std::string& bytes) {
-  std::ofstream out(p, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-
-std::string read_bytes(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
-template <class F>
-std::string error_message(F&& f) {
-  try {
-    f();
-  } catch (const qkit::format_error& e) {
-    return e.what();
-  }
-  return "";
-}
+using io_test::read_bytes;
+using io_test::write_bytes;
 }  // namespace
 
 TEST_CASE("tensor_proto: QuantizeLinear test vector, float input and uint8 output") {
@@ -214,7 +199,7 @@ TEST_CASE("tensor_proto: truncated and corrupt files are format errors naming fi
   REQUIRE(bytes.size() > 40);
   const fs::path cut = test_output_dir() / "truncated_input_0.pb";
   write_bytes(cut, bytes.substr(0, bytes.size() - 7));
-  const std::string msg = error_message([&] { read_tensor_proto(cut.string()); });
+  const std::string msg = io_test::format_error_of([&] { read_tensor_proto(cut.string()); });
   CHECK(msg.find("truncated_input_0.pb") != std::string::npos);
   CHECK(msg.find("at byte") != std::string::npos);
 
@@ -224,7 +209,7 @@ TEST_CASE("tensor_proto: truncated and corrupt files are format errors naming fi
   const fs::path dir = test_output_dir() / "test_gemm_truncated";
   fs::create_directories(dir / "test_data_set_0");
   write_bytes(dir / "model.onnx", model.substr(0, model.size() / 2));
-  const std::string msg2 = error_message([&] { load_onnx_test_case(dir.string()); });
+  const std::string msg2 = io_test::format_error_of([&] { load_onnx_test_case(dir.string()); });
   CHECK(msg2.find("model.onnx") != std::string::npos);
   CHECK(msg2.find("at byte") != std::string::npos);
 
@@ -236,18 +221,18 @@ TEST_CASE("tensor_proto: truncated and corrupt files are format errors naming fi
   // raw_data whose size disagrees with dims: dims=[3], FLOAT, raw 8 bytes.
   const fs::path wrong = test_output_dir() / "wrong_count.pb";
   write_bytes(wrong, std::string{"\x08\x03\x10\x01\x4a\x08\0\0\0\0\0\0\0\0", 14});
-  const std::string msg3 = error_message([&] { read_tensor_proto(wrong.string()); });
+  const std::string msg3 = io_test::format_error_of([&] { read_tensor_proto(wrong.string()); });
   CHECK(msg3.find("raw_data has 8 bytes, expected 12") != std::string::npos);
 
   // Corrupt dims must not wrap around or allocate: dims [2^40, 2^40], INT8 with no data.
   const fs::path huge = test_output_dir() / "huge_dims.pb";
   write_bytes(huge, std::string{"\x08\x80\x80\x80\x80\x80\x20\x08\x80\x80\x80\x80\x80\x20\x10\x03", 16});
-  const std::string msg4 = error_message([&] { read_tensor_proto(huge.string()); });
+  const std::string msg4 = io_test::format_error_of([&] { read_tensor_proto(huge.string()); });
   CHECK(msg4.find("implausible dims") != std::string::npos);
   // dims [2^30], INT8, no int32_data: a count error before anything is allocated.
   const fs::path big = test_output_dir() / "big_no_data.pb";
   write_bytes(big, std::string{"\x08\x80\x80\x80\x80\x04\x10\x03", 8});
-  const std::string msg5 = error_message([&] { read_tensor_proto(big.string()); });
+  const std::string msg5 = io_test::format_error_of([&] { read_tensor_proto(big.string()); });
   CHECK(msg5.find("int32_data holds 0 values, expected 1073741824") != std::string::npos);
 
   CHECK_THROWS_AS(read_tensor_proto((test_output_dir() / "missing.pb").string()), qkit::format_error);

@@ -201,11 +201,12 @@ std::vector<const nn::dataflow_node*> correctable_layers(Sim& sim,
   return out;
 }
 
-// Whether any enabled integer quantizer (parameter or activation) still lacks encodings.
+// Whether any enabled integer quantizer (of the parameters only, if asked) lacks encodings.
 template <class Sim>
-bool needs_calibration(Sim& sim) {
+bool needs_calibration(Sim& sim, bool params_only = false) {
   bool missing = false;
-  sim.for_each_quantizer([&](const std::string&, quantizer_kind, const auto& q) {
+  sim.for_each_quantizer([&](const std::string&, quantizer_kind kind, const auto& q) {
+    if (params_only && kind != quantizer_kind::param) return;
     if (q.enabled() && q.settings().dtype == dtype::integer && q.bitwidth() < 32 &&
         !q.has_encodings())
       missing = true;
@@ -242,7 +243,28 @@ void subtract(Sim& sim, const nn::dataflow_node& node, const std::vector<double>
   float* b = layer.bias().data();
   for (std::size_t o = 0; o < shift.size(); ++o) b[o] = float(double(b[o]) - shift[o]);
   const std::string bias = node.name + ".bias";
-  if (sim.has_quantizer(bias) && sim.param_quantizer(bias).enabled()) sim.compute_param_encodings();
+  if (sim.has_quantizer(bias)) sim.compute_param_encodings(bias);
+}
+
+// (W_q − W)·E[x] per output channel: the mean shift that quantizing the weight causes.
+template <class Sim>
+std::vector<double> analytical_shift(Sim& sim, const nn::dataflow_node& node,
+                                     const std::vector<float>& expected) {
+  tensor dw = sim.quantized_parameter(node.name + ".weight");
+  const float* w = node.weighted->weight().data();
+  for (std::size_t k = 0; k < dw.size(); ++k) dw.data()[k] -= w[k];
+  return node.weighted->input_response(dw, expected);
+}
+
+// The report line for one layer.
+inline layer_bias_correction correction_line(const std::string& layer,
+                                             bias_correction_method method,
+                                             const std::vector<double>& shift) {
+  layer_bias_correction lc;
+  lc.layer = layer;
+  lc.method = method;
+  std::tie(lc.rms_shift, lc.max_abs_shift) = shift_stats(shift);
+  return lc;
 }
 
 }  // namespace detail
@@ -275,10 +297,13 @@ bias_correction_report correct_bias(Sim& sim, const data::dataset& samples,
     // the unchanged model with every quantizer off.
     std::vector<std::vector<float>> expected(layers.size());
     std::vector<std::string> empirical;
+    std::vector<std::size_t> fp32_index(layers.size(), 0);  // layer i's entry in `empirical`
     for (std::size_t i = 0; i < layers.size(); ++i) {
       if (options.analytical_where_possible)
         expected[i] = detail::expected_input(sim.dataflow(), *layers[i]);
-      if (expected[i].empty()) empirical.push_back(layers[i]->name);
+      if (!expected[i].empty()) continue;
+      fp32_index[i] = empirical.size();
+      empirical.push_back(layers[i]->name);
     }
     detail::channel_mean_observer fp32(empirical);
     if (!empirical.empty()) {
@@ -291,29 +316,22 @@ bias_correction_report correct_bias(Sim& sim, const data::dataset& samples,
     for (std::size_t i = 0; i < layers.size(); ++i) {
       const auto& node = *layers[i];
       if (options.progress) options.progress({node.name, i, layers.size()});
-      layer_bias_correction lc;
-      lc.layer = node.name;
+      const bool analytical = !expected[i].empty();
       std::vector<double> shift;
-      if (!expected[i].empty()) {
-        lc.method = bias_correction_method::analytical;
-        const tensor wq = sim.quantized_parameter(node.name + ".weight");
-        tensor dw = tensor::from_shape(wq.shape());
-        const tensor& w = node.weighted->weight();
-        for (std::size_t k = 0; k < dw.size(); ++k) dw.data()[k] = wq.data()[k] - w.data()[k];
-        shift = node.weighted->input_response(dw, expected[i]);
+      if (analytical) {
+        shift = detail::analytical_shift(sim, node, expected[i]);
       } else {
-        lc.method = bias_correction_method::empirical;
         detail::channel_mean_observer q({node.name});
         detail::forward_samples(sim, samples, options.samples, options.batch_size, q);
-        const std::size_t j =
-            std::size_t(std::find(empirical.begin(), empirical.end(), node.name) - empirical.begin());
-        const auto fm = fp32.mean(j), qm = q.mean(0);
-        shift.resize(qm.size());
-        for (std::size_t c = 0; c < qm.size(); ++c) shift[c] = qm[c] - fm[c];
+        const auto fm = fp32.mean(fp32_index[i]);
+        shift = q.mean(0);
+        for (std::size_t c = 0; c < shift.size(); ++c) shift[c] -= fm[c];
       }
       detail::subtract(sim, node, shift);
-      std::tie(lc.rms_shift, lc.max_abs_shift) = detail::shift_stats(shift);
-      report.layers.push_back(std::move(lc));
+      report.layers.push_back(detail::correction_line(
+          node.name,
+          analytical ? bias_correction_method::analytical : bias_correction_method::empirical,
+          shift));
     }
     // The corrected biases move the activation ranges a little: calibrate them again.
     if (options.recalibrate) {
@@ -340,30 +358,17 @@ bias_correction_report correct_bias_analytical(Sim& sim,
   const auto state = sim.snapshot();
   detail::bias_backup backup(sim);
   try {
-    bool missing = false;
-    for (const auto* n : layers)
-      if (sim.has_quantizer(n->name + ".weight") &&
-          sim.param_quantizer(n->name + ".weight").enabled() &&
-          !sim.param_quantizer(n->name + ".weight").has_encodings())
-        missing = true;
-    if (missing) sim.compute_param_encodings();
+    if (detail::needs_calibration(sim, /*params_only=*/true)) sim.compute_param_encodings();
     for (const auto* n : layers) {
       const auto e = detail::expected_input(sim.dataflow(), *n);
       if (e.empty()) {
         report.skipped.push_back(n->name);
         continue;
       }
-      const tensor wq = sim.quantized_parameter(n->name + ".weight");
-      tensor dw = tensor::from_shape(wq.shape());
-      for (std::size_t k = 0; k < dw.size(); ++k)
-        dw.data()[k] = wq.data()[k] - n->weighted->weight().data()[k];
-      const auto shift = n->weighted->input_response(dw, e);
+      const auto shift = detail::analytical_shift(sim, *n, e);
       detail::subtract(sim, *n, shift);
-      layer_bias_correction lc;
-      lc.layer = n->name;
-      lc.method = bias_correction_method::analytical;
-      std::tie(lc.rms_shift, lc.max_abs_shift) = detail::shift_stats(shift);
-      report.layers.push_back(std::move(lc));
+      report.layers.push_back(
+          detail::correction_line(n->name, bias_correction_method::analytical, shift));
     }
   } catch (...) {
     backup.restore();

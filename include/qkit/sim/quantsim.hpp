@@ -259,12 +259,7 @@ class quantsim {
                    "' alone: an Add takes two inputs");
       } else {
         y = leaf.forward(x, h);
-        if (quantize_output) {
-          auto it = slots_.find(target);
-          if (it != slots_.end() && it->second.output >= 0 &&
-              !passes_through(acts_[it->second.output]))
-            acts_[it->second.output].qdq_inplace(y);
-        }
+        if (quantize_output) on_output(target, y);
       }
     });
     return y;
@@ -348,14 +343,13 @@ class quantsim {
   /// calls this every step; compute_encodings calls it first. Call it again after enabling a
   /// parameter quantizer that was off.
   void compute_param_encodings() {
-    for (std::size_t i = 0; i < params_.size(); ++i) {
-      auto& q = params_[i];
-      if (q.frozen() || !q.enabled()) continue;
-      q.reset_statistics();
-      if (q.settings().dtype == dtype::integer && q.bitwidth() >= 32) continue;
-      q.observe(*param_values_[i]);
-      q.compute_encodings();
-    }
+    for (std::size_t i = 0; i < params_.size(); ++i) compute_param_encoding(i);
+  }
+  /// The same for one parameter ("<layer>.bias" after a pass changed that bias).
+  void compute_param_encodings(const std::string& name) {
+    auto it = param_index_.find(name);
+    if (it == param_index_.end()) unknown(name, "parameter");
+    compute_param_encoding(it->second);
   }
 
   // ---- quantizers by name ---------------------------------------------------------------
@@ -552,7 +546,7 @@ class quantsim {
     void output(const L& layer, tensor& y) {
       if constexpr (requires(const nn::dataflow_node& n) { obs->layer_output(n, layer, y, y); }) {
         const auto* n = sim->node_of(&layer);
-        if (!n) return;
+        if (!n) return;  // a folded batch norm: no node, no quantizer
         if (!sim->quantizes_output(&layer)) {  // before == after: no copy
           sim->on_output(&layer, y);               // (statistics, while calibrating)
           obs->layer_output(*n, layer, std::as_const(y), std::as_const(y));
@@ -571,7 +565,16 @@ class quantsim {
     auto it = slots_.find(layer);
     if (it == slots_.end() || it->second.output < 0) return false;
     const auto& q = acts_[it->second.output];
-    return calibrating_ ? false : !passes_through(q);
+    return !calibrating_ && !passes_through(q);
+  }
+
+  void compute_param_encoding(std::size_t i) {
+    auto& q = params_[i];
+    if (q.frozen() || !q.enabled()) return;
+    q.reset_statistics();
+    if (q.settings().dtype == dtype::integer && q.bitwidth() >= 32) return;
+    q.observe(*param_values_[i]);
+    q.compute_encodings();
   }
 
   const nn::dataflow_node* node_of(const void* layer) const {
