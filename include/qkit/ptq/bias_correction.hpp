@@ -235,6 +235,20 @@ struct bias_backup {
   }
 };
 
+// Runs f; if it throws, every bias and quantizer of `sim` is put back first.
+template <class Sim, class F>
+void all_or_nothing(Sim& sim, F&& f) {
+  const auto state = sim.snapshot();
+  bias_backup backup(sim);
+  try {
+    f();
+  } catch (...) {
+    backup.restore();
+    sim.restore(state);
+    throw;
+  }
+}
+
 // b −= shift; a quantized bias gets its encoding again for its new values.
 template <class Sim>
 void subtract(Sim& sim, const nn::dataflow_node& node, const std::vector<double>& shift) {
@@ -287,9 +301,7 @@ bias_correction_report correct_bias(Sim& sim, const data::dataset& samples,
                     "must be positive");
   bias_correction_report report;
   const auto layers = detail::correctable_layers(sim, options.layers_to_ignore, report.skipped);
-  const auto state = sim.snapshot();
-  detail::bias_backup backup(sim);
-  try {
+  detail::all_or_nothing(sim, [&] {
     if (detail::needs_calibration(sim))
       qkit::calibrate(sim, samples, options.calibration_samples, options.batch_size);
 
@@ -338,11 +350,7 @@ bias_correction_report correct_bias(Sim& sim, const data::dataset& samples,
       qkit::calibrate(sim, samples, options.calibration_samples, options.batch_size);
       report.recalibrated = true;
     }
-  } catch (...) {
-    backup.restore();
-    sim.restore(state);
-    throw;
-  }
+  });
   return report;
 }
 
@@ -355,9 +363,7 @@ bias_correction_report correct_bias_analytical(Sim& sim,
                                                const std::vector<std::string>& layers_to_ignore = {}) {
   bias_correction_report report;
   const auto layers = detail::correctable_layers(sim, layers_to_ignore, report.skipped);
-  const auto state = sim.snapshot();
-  detail::bias_backup backup(sim);
-  try {
+  detail::all_or_nothing(sim, [&] {
     if (detail::needs_calibration(sim, /*params_only=*/true)) sim.compute_param_encodings();
     for (const auto* n : layers) {
       const auto e = detail::expected_input(sim.dataflow(), *n);
@@ -370,11 +376,7 @@ bias_correction_report correct_bias_analytical(Sim& sim,
       report.layers.push_back(
           detail::correction_line(n->name, bias_correction_method::analytical, shift));
     }
-  } catch (...) {
-    backup.restore();
-    sim.restore(state);
-    throw;
-  }
+  });
   return report;
 }
 
