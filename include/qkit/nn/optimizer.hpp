@@ -95,32 +95,42 @@ class adam {
   template <class Model>
   void step(Model& model) {
     ++t_;
-    const float c1 = 1.0f - float(std::pow(double(o_.beta1), double(t_)));
-    const float c2 = 1.0f - float(std::pow(double(o_.beta2), double(t_)));
     for_each_parameter(model, [&](const std::string& name, tensor& w, tensor* g) {
-      if (!g) return;
-      detail::check_grad(name, w, *g);
-      auto& [m, v] = moments_[name];
-      if (m.shape() != w.shape()) {
-        m = tensor::from_shape(w.shape());
-        m.fill(0.0f);
-        v = m;
-      }
-      float* wp = w.data();
-      const float* gp = g->data();
-      float* mp = m.data();
-      float* vp = v.data();
-      const auto o = o_;
-      detail::for_each_index(w.size(), [&](std::size_t i) {
-        mp[i] = o.beta1 * mp[i] + (1.0f - o.beta1) * gp[i];
-        vp[i] = o.beta2 * vp[i] + (1.0f - o.beta2) * gp[i] * gp[i];
-        const float mhat = mp[i] / c1, vhat = vp[i] / c2;
-        wp[i] -= o.lr * (mhat / (std::sqrt(vhat) + o.epsilon) + o.weight_decay * wp[i]);
-      });
+      if (g) update(name, w, *g);
     });
   }
 
+  /// One step of a single tensor that is not a model's parameter (AdaRound's rounding
+  /// variables): the same update, with its own moments under `name`.
+  void step(const std::string& name, tensor& w, const tensor& g) {
+    ++t_;
+    update(name, w, g);
+  }
+
  private:
+  void update(const std::string& name, tensor& w, const tensor& g) {
+    detail::check_grad(name, w, g);
+    const float c1 = 1.0f - float(std::pow(double(o_.beta1), double(t_)));
+    const float c2 = 1.0f - float(std::pow(double(o_.beta2), double(t_)));
+    auto& [m, v] = moments_[name];
+    if (m.shape() != w.shape()) {
+      m = tensor::from_shape(w.shape());
+      m.fill(0.0f);
+      v = m;
+    }
+    float* wp = w.data();
+    const float* gp = g.data();
+    float* mp = m.data();
+    float* vp = v.data();
+    const auto o = o_;
+    detail::for_each_index(w.size(), [&](std::size_t i) {
+      mp[i] = o.beta1 * mp[i] + (1.0f - o.beta1) * gp[i];
+      vp[i] = o.beta2 * vp[i] + (1.0f - o.beta2) * gp[i] * gp[i];
+      const float mhat = mp[i] / c1, vhat = vp[i] / c2;
+      wp[i] -= o.lr * (mhat / (std::sqrt(vhat) + o.epsilon) + o.weight_decay * wp[i]);
+    });
+  }
+
   adam_options o_;
   std::size_t t_ = 0;
   std::unordered_map<std::string, std::pair<tensor, tensor>> moments_;

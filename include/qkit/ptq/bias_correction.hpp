@@ -29,6 +29,7 @@
 #include "../nn/dataflow.hpp"
 #include "../sim/calibrate.hpp"
 #include "../sim/quantsim.hpp"
+#include "pass_guard.hpp"
 #include "../tensor/tensor.hpp"
 
 namespace qkit::ptq {
@@ -184,71 +185,6 @@ inline std::pair<double, double> shift_stats(const std::vector<double>& d) {
   return {d.empty() ? 0.0 : std::sqrt(ss / double(d.size())), mx};
 }
 
-template <class Sim>
-std::vector<const nn::dataflow_node*> correctable_layers(Sim& sim,
-                                                         const std::vector<std::string>& ignore,
-                                                         std::vector<std::string>& skipped) {
-  for (const auto& name : ignore)  // config_error on an unknown name
-    QKIT_PRECONDITION(sim.node(name).weighted, config_error, "bias correction: '", name,
-                      "' in layers_to_ignore is a ", nn::to_string(sim.node(name).kind),
-                      ", not a conv or linear layer");
-  std::vector<const nn::dataflow_node*> out;
-  for (const auto& n : sim.dataflow().nodes) {
-    if (!n.weighted) continue;
-    if (std::find(ignore.begin(), ignore.end(), n.name) != ignore.end()) skipped.push_back(n.name);
-    else out.push_back(&n);
-  }
-  return out;
-}
-
-// Whether any enabled integer quantizer (of the parameters only, if asked) lacks encodings.
-template <class Sim>
-bool needs_calibration(Sim& sim, bool params_only = false) {
-  bool missing = false;
-  sim.for_each_quantizer([&](const std::string&, quantizer_kind kind, const auto& q) {
-    if (params_only && kind != quantizer_kind::param) return;
-    if (q.enabled() && q.settings().dtype == dtype::integer && q.bitwidth() < 32 &&
-        !q.has_encodings())
-      missing = true;
-  });
-  return missing;
-}
-
-// Biases of every weighted layer, to put back if the pass fails.
-struct bias_backup {
-  struct entry {
-    nn::weighted_layer* layer;
-    bool had_bias;
-    tensor bias;
-  };
-  std::vector<entry> saved;
-  template <class Sim>
-  explicit bias_backup(Sim& sim) {
-    for (const auto& n : sim.dataflow().nodes)
-      if (n.weighted) saved.push_back({n.weighted, n.weighted->has_bias(), n.weighted->bias()});
-  }
-  void restore() {
-    for (auto& e : saved) {
-      if (!e.had_bias) e.layer->drop_bias();  // a bias this pass added
-      else e.layer->bias() = e.bias;
-    }
-  }
-};
-
-// Runs f; if it throws, every bias and quantizer of `sim` is put back first.
-template <class Sim, class F>
-void all_or_nothing(Sim& sim, F&& f) {
-  const auto state = sim.snapshot();
-  bias_backup backup(sim);
-  try {
-    f();
-  } catch (...) {
-    backup.restore();
-    sim.restore(state);
-    throw;
-  }
-}
-
 // b −= shift; a quantized bias gets its encoding again for its new values.
 template <class Sim>
 void subtract(Sim& sim, const nn::dataflow_node& node, const std::vector<double>& shift) {
@@ -300,7 +236,7 @@ bias_correction_report correct_bias(Sim& sim, const data::dataset& samples,
                     config_error, "bias correction: samples, calibration_samples and batch_size "
                     "must be positive");
   bias_correction_report report;
-  const auto layers = detail::correctable_layers(sim, options.layers_to_ignore, report.skipped);
+  const auto layers = detail::correctable_layers(sim, options.layers_to_ignore, report.skipped, "bias correction");
   detail::all_or_nothing(sim, [&] {
     if (detail::needs_calibration(sim))
       qkit::calibrate(sim, samples, options.calibration_samples, options.batch_size);
@@ -362,7 +298,7 @@ template <class Sim>
 bias_correction_report correct_bias_analytical(Sim& sim,
                                                const std::vector<std::string>& layers_to_ignore = {}) {
   bias_correction_report report;
-  const auto layers = detail::correctable_layers(sim, layers_to_ignore, report.skipped);
+  const auto layers = detail::correctable_layers(sim, layers_to_ignore, report.skipped, "bias correction");
   detail::all_or_nothing(sim, [&] {
     if (detail::needs_calibration(sim, /*params_only=*/true)) sim.compute_param_encodings();
     for (const auto* n : layers) {

@@ -497,6 +497,38 @@ class quantsim {
     params_ = std::move(params);
   }
 
+  /// AIMET's set_and_freeze_param_encodings: installs and freezes the parameter encodings of
+  /// a file (e.g. the one ptq::apply_adaround writes), leaving the activations to
+  /// compute_encodings; activation entries in the file are ignored. Every parameter the file
+  /// names must be an enabled quantizer of this simulation with the file's bitwidth and
+  /// channel count (format_error naming it); a file that fails leaves the simulation as it was.
+  void set_and_freeze_param_encodings(const std::filesystem::path& path) {
+    const io::encodings_file f = io::read_encodings(path);
+    auto params = params_;
+    for (const auto& [name, encs] : f.param_encodings) {
+      auto it = param_index_.find(name);
+      QKIT_PRECONDITION(it != param_index_.end(), format_error, path.string(), ": param '", name,
+                        "' is not a parameter of this simulation");
+      auto& q = params[it->second];
+      QKIT_PRECONDITION(loadable(q), format_error, path.string(), ": param '", name,
+                        "' is not quantized in this simulation (off or pass-through)");
+      const std::size_t want = q.per_channel() ? param_values_[it->second]->shape(0) : 1;
+      QKIT_PRECONDITION(encs.size() == want, format_error, path.string(), ": param '", name,
+                        "' has ", encs.size(), " encoding(s), the model's ",
+                        q.per_channel() ? "per-channel" : "per-tensor", " quantizer expects ",
+                        want);
+      for (const auto& e : encs)
+        QKIT_PRECONDITION((e.dtype == dtype::floating ? -16 : e.bitwidth) == signed_bitwidth(q),
+                          format_error, path.string(), ": param '", name, "' is ",
+                          e.dtype == dtype::floating ? "float16" : "int", e.bitwidth,
+                          " in the file, the simulation quantizes it at ",
+                          q.settings().dtype == dtype::floating ? "float16" : "int",
+                          q.bitwidth());
+      install_frozen(q, encs);
+    }
+    params_ = std::move(params);
+  }
+
   /// Saves the simulated (batch-norm folded) model's float weights as .npz, keyed by name.
   void save_weights(const std::filesystem::path& path) { nn::save_weights(*model_, path); }
 
