@@ -46,6 +46,24 @@ inline T reduce_sum(const xsimd::batch<T, A>& b) {
   } while (false)
 
 namespace qkit::detail {
+/// x, rounded to its type here: the compiler may not fuse the operation that produced x with
+/// the one that uses it into an FMA. GCC fuses a*b+c by default (-ffp-contract=fast) wherever
+/// the target has FMA — a user's bare -march=native — so encoding arithmetic written as a
+/// product then a sum would round differently with the compiler flags. qkit::optimize passes
+/// -ffp-contract=off; code that computes encodings wraps its products so users need not.
+template <class T>
+inline T rounded(T x) noexcept {
+#if defined(__GNUC__) && defined(__SSE2__)
+  __asm__("" : "+x"(x));  // x must sit in an SSE register, as a value of its own type
+#elif defined(__GNUC__) && defined(__aarch64__)
+  __asm__("" : "+w"(x));
+#else
+  volatile T v = x;
+  x = v;
+#endif
+  return x;
+}
+
 template <class... Args>
 inline void stream_all(std::ostringstream& os, const Args&... args) {
   (os << ... << args);

@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <string>
@@ -360,4 +361,49 @@ TEST_CASE("conv2d fast paths agree with the references on random shapes") {
     ++tried;
     check_conv_against_reference(s, "random #" + std::to_string(tried), rng);
   }
+}
+
+TEST_CASE("conv2d: depthwise forward is the same chain of FMAs over the taps in every build") {
+  // Each output is acc = fma(x, w, acc) from 0 over the taps in (kh, kw) order — the padding
+  // contributing zeros — then + bias: what the SIMD kernel of every target does (through the
+  // run-time AVX2+FMA kernel in a baseline build), so baseline and native builds agree.
+#if QKIT_RUNTIME_FMA
+  if (!qkit::detail::cpu_has_avx2_fma()) return;
+#elif !defined(__FMA__)
+  return;
+#endif
+  std::mt19937 rng(8);
+  for (std::size_t stride : {1, 2})
+    for (std::size_t mult : {1, 2}) {
+      qkit::conv2d_params p;
+      p.stride_h = p.stride_w = stride;
+      p.pad_top = p.pad_left = p.pad_bottom = p.pad_right = 1;
+      p.groups = 5;
+      const auto s = make_shape(2, 5, 13, 11, 5 * mult, 3, 3, p);
+      const auto x = random_vector(s.N * s.C * s.H * s.W, rng);
+      const auto w = random_vector(s.O * s.KH * s.KW, rng);
+      const auto b = random_vector(s.O, rng);
+      std::vector<float> y(s.N * s.O * s.OH() * s.OW());
+      qkit::conv2d_forward(s, x.data(), w.data(), b.data(), y.data());
+      std::size_t differ = 0;
+      for (std::size_t n = 0; n < s.N; ++n)
+        for (std::size_t o = 0; o < s.O; ++o)
+          for (std::size_t oh = 0; oh < s.OH(); ++oh)
+            for (std::size_t ow = 0; ow < s.OW(); ++ow) {
+              const std::size_t c = o / mult;
+              float acc = 0.0f;
+              for (std::size_t kh = 0; kh < 3; ++kh)
+                for (std::size_t kw = 0; kw < 3; ++kw) {
+                  const long h = long(oh * stride + kh) - 1, ww = long(ow * stride + kw) - 1;
+                  const bool inside = h >= 0 && h < long(s.H) && ww >= 0 && ww < long(s.W);
+                  const float xv = inside ? x[((n * s.C + c) * s.H + h) * s.W + ww] : 0.0f;
+                  acc = std::fma(xv, w[o * 9 + kh * 3 + kw], acc);
+                }
+              const float want = acc + b[o];
+              const float got = y[((n * s.O + o) * s.OH() + oh) * s.OW() + ow];
+              differ += std::memcmp(&want, &got, sizeof(float)) != 0;
+            }
+      INFO("stride ", stride, " multiplier ", mult);
+      CHECK(differ == 0);
+    }
 }

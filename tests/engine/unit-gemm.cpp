@@ -3,7 +3,9 @@
 // bit-identical results whatever the thread count.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <string>
@@ -263,4 +265,67 @@ TEST_CASE("gemm: leading dimensions shorter than a row are shape errors") {
   CHECK_NOTHROW(qkit::gemm(transpose::no, transpose::no, 4, 2, 3, 1.0f, a.data(), 3, b.data(), 2,
                            0.0f, c.data(), 2));
   CHECK(c[0] == 3.0f);
+}
+
+namespace {
+
+// True when gemm() runs FMA kernels: an FMA build, or a baseline x86-64 build on a CPU with
+// FMA (QKIT_RUNTIME_FMA). Only a CPU without FMA takes two-rounding kernels.
+bool gemm_is_fused() {
+#if QKIT_RUNTIME_FMA
+  return qkit::detail::cpu_has_avx2_fma();
+#elif defined(__FMA__)
+  return true;
+#else
+  return false;
+#endif
+}
+
+// gemm's arithmetic spelled out: K cut into blocks as gemm cuts it (about 256), each block's
+// products summed by fused multiply-adds from 0 in k order, then added to C with one more.
+// Every SIMD target and tile shape does exactly this per element, so the result is the same
+// bits in every build; std::fma is correctly rounded everywhere.
+void gemm_fused_reference(const problem& p, std::vector<float>& c) {
+  const std::size_t KC = 256, blocks = std::max<std::size_t>(1, (p.K + KC / 2) / KC);
+  const std::size_t kc_max = (p.K + blocks - 1) / blocks;
+  for (std::size_t i = 0; i < p.M; ++i)
+    for (std::size_t j = 0; j < p.N; ++j) {
+      float cij = c[i * p.ldc + j];
+      for (std::size_t pc = 0; pc < p.K; pc += kc_max) {
+        float acc = 0.0f;
+        for (std::size_t k = pc; k < std::min(p.K, pc + kc_max); ++k)
+          acc = std::fma(p.a_at(i, k), p.b_at(k, j), acc);
+        const float beta_k = pc == 0 ? p.beta : 1.0f;
+        cij = beta_k == 0.0f ? p.alpha * acc : std::fma(p.alpha, acc, beta_k * cij);
+      }
+      c[i * p.ldc + j] = cij;
+    }
+}
+
+}  // namespace
+
+TEST_CASE("gemm: every element is the same chain of FMAs in every build (baseline or native)") {
+  if (!gemm_is_fused()) {
+    MESSAGE("this CPU has no FMA: gemm rounds products and sums separately here");
+    return;
+  }
+  std::mt19937 rng(21);
+  struct shape { std::size_t M, N, K; };
+  for (auto s : {shape{1, 1, 1}, shape{7, 17, 37}, shape{13, 49, 300}, shape{64, 196, 576},
+                 shape{33, 97, 700}})
+    for (auto ta : {transpose::no, transpose::yes})
+      for (auto tb : {transpose::no, transpose::yes})
+        for (float beta : {0.0f, 0.75f}) {
+          problem p(ta, tb, s.M, s.N, s.K, -0.5f, beta, 1, rng);
+          std::vector<float> fast = p.c, ref = p.c;
+          qkit::gemm(p.ta, p.tb, p.M, p.N, p.K, p.alpha, p.a.data(), p.lda, p.b.data(), p.ldb,
+                     p.beta, fast.data(), p.ldc);
+          gemm_fused_reference(p, ref);
+          std::size_t differ = 0;
+          for (std::size_t i = 0; i < p.M; ++i)
+            for (std::size_t j = 0; j < p.N; ++j)
+              differ += std::memcmp(&fast[i * p.ldc + j], &ref[i * p.ldc + j], sizeof(float)) != 0;
+          INFO("M=", p.M, " N=", p.N, " K=", p.K, " ta=", int(ta), " tb=", int(tb), " beta=", beta);
+          CHECK(differ == 0);
+        }
 }

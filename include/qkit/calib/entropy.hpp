@@ -38,7 +38,8 @@ inline double kl_divergence(std::vector<double>& p, std::vector<double>& q) {
   for (std::size_t i = 0; i < p.size(); ++i) {
     p[i] /= sp;
     q[i] /= sq;
-    if (p[i] > 0 && q[i] > 0) d += p[i] * std::log(p[i] / q[i]);
+    // rounded(): products round before they are added, fused or not (config.hpp).
+    if (p[i] > 0 && q[i] > 0) d += rounded(p[i] * std::log(p[i] / q[i]));
   }
   return d;
 }
@@ -88,8 +89,8 @@ inline void optimize_kl(const std::vector<double>& hist, double hmin, double hma
     const double d = kl_divergence(p, q);
     if (d < best) {
       best = d;
-      lo = hmin + static_cast<double>(start) * width;
-      hi = hmin + static_cast<double>(stop + 1) * width;
+      lo = hmin + rounded(static_cast<double>(start) * width);
+      hi = hmin + rounded(static_cast<double>(stop + 1) * width);
     }
     if (symmetric) {
       ++start;
@@ -100,7 +101,7 @@ inline void optimize_kl(const std::vector<double>& hist, double hmin, double hma
       const double right = hist[stop] + hist[stop - 1];
       int pick = sym <= left && sym <= right ? 0 : (left <= right ? 1 : 2);
       // Keep 0 inside the window: never clip past it.
-      const auto at = [&](std::size_t j) { return hmin + static_cast<double>(j) * width; };
+      const auto at = [&](std::size_t j) { return hmin + rounded(static_cast<double>(j) * width); };
       if ((pick == 0 && at(start + 1) > 0) || (pick == 1 && at(start + 2) > 0))
         pick = 2;
       else if ((pick == 0 && at(stop) < 0) || (pick == 2 && at(stop - 1) < 0))
@@ -154,7 +155,7 @@ class entropy_range {
           static_cast<double>(h.counts()[j]);
     const double w = h.bin_width();
     const double hmin = static_cast<double>(first) * w;
-    const double hmax = hmin + static_cast<double>(hist.size()) * w;
+    const double hmax = hmin + detail::rounded(static_cast<double>(hist.size()) * w);
     double lo = hmin, hi = hmax;
     if (bitwidth < 32) detail::optimize_kl(hist, hmin, hmax, bitwidth, s.symmetric, lo, hi);
     lo = std::min(lo, 0.0);
@@ -163,6 +164,8 @@ class entropy_range {
   }
 
   const exact_histogram& histogram() const { return hist_; }
+  /// Memory the statistics hold; bounded by the histogram's capacity, not by the data.
+  std::size_t bytes() const { return sizeof(*this) + (hist_.bytes() - sizeof(hist_)); }
   friend bool operator==(const entropy_range&, const entropy_range&) = default;
 
  private:

@@ -88,10 +88,14 @@ class exact_histogram {
   const bin_grid& grid() const { return grid_; }
   std::size_t bins() const { return counts_.size(); }
   const std::vector<std::uint64_t>& counts() const { return counts_; }
+  /// Memory this histogram holds: itself and its counts (at most capacity() of them, whatever
+  /// the amount of data observed).
+  std::size_t bytes() const { return sizeof(*this) + counts_.capacity() * sizeof(std::uint64_t); }
   double bin_width() const { return grid_.width(); }
   /// Left edge of bin j: (base + j) * w (exact in double).
   double bin_left(std::size_t j) const {
-    return static_cast<double>(grid_.base + static_cast<std::int64_t>(j)) * grid_.width();
+    // rounded(): callers add to it; a fused add would round differently (config.hpp).
+    return detail::rounded(static_cast<double>(grid_.base + static_cast<std::int64_t>(j)) * grid_.width());
   }
 
   friend bool operator==(const exact_histogram&, const exact_histogram&) = default;
@@ -165,8 +169,9 @@ class aimet_histogram {
       }
       if (min_val == max_val) max_val = std::max(max_val, min_val + 0.01f);
       const float center = (max_val + min_val) / 2;
-      min_val = center - 3 * (center - min_val);
-      max_val = center + 3 * (max_val - center);
+      // (detail::rounded: the same roundings whether or not the compiler may fuse; config.hpp)
+      min_val = center - detail::rounded(3 * (center - min_val));
+      max_val = center + detail::rounded(3 * (max_val - center));
       const float bucket = (max_val - min_val) / bins;
       // AIMET would go on with infinite or zero-width buckets and return a meaningless
       // encoding; qkit stops here.
@@ -176,7 +181,7 @@ class aimet_histogram {
                         r.min, ", ", r.max, "] (widened 3x it gives buckets of width ", bucket,
                         " in float); use histogram_mode::exact");
       x_left_.resize(bins);
-      for (int i = 0; i < bins; ++i) x_left_[i] = min_val + static_cast<float>(i) * bucket;
+      for (int i = 0; i < bins; ++i) x_left_[i] = min_val + detail::rounded(static_cast<float>(i) * bucket);
       pdf_.assign(bins, 0.0);
       iterations_ = 0;
     }
@@ -188,7 +193,7 @@ class aimet_histogram {
     aimet_histogram_update(x, n, bucket, pdf_offset, bins, h.data());
     for (int i = 0; i < bins; ++i) {
       const double prob = static_cast<double>(h[i]) / static_cast<double>(n);
-      pdf_[i] = (pdf_[i] * iterations_ + prob) / (iterations_ + 1);
+      pdf_[i] = (detail::rounded(pdf_[i] * iterations_) + prob) / (iterations_ + 1);
     }
     ++iterations_;
   }
@@ -212,7 +217,8 @@ class aimet_histogram {
                       ", ", x_left_[bins - 1], "] and [", o.x_left_[0], ", ", o.x_left_[bins - 1],
                       "]; use histogram_mode::exact to shard calibration");
     const double a = iterations_, b = o.iterations_;
-    for (int i = 0; i < bins; ++i) pdf_[i] = (pdf_[i] * a + o.pdf_[i] * b) / (a + b);
+    for (int i = 0; i < bins; ++i)
+      pdf_[i] = (detail::rounded(pdf_[i] * a) + detail::rounded(o.pdf_[i] * b)) / (a + b);
     iterations_ += o.iterations_;
   }
 
@@ -225,6 +231,10 @@ class aimet_histogram {
   const std::vector<double>& x_left() const { return x_left_; }
   const std::vector<double>& pdf() const { return pdf_; }
   int iterations() const { return iterations_; }
+  /// Memory this histogram holds: itself and its 512 bucket edges and PDF values.
+  std::size_t bytes() const {
+    return sizeof(*this) + (x_left_.capacity() + pdf_.capacity()) * sizeof(double);
+  }
 
   friend bool operator==(const aimet_histogram&, const aimet_histogram&) = default;
 
@@ -263,6 +273,10 @@ class histogram_stats {
   histogram_mode mode() const { return mode_; }
   const exact_histogram& exact() const { return exact_; }
   const aimet_histogram& aimet() const { return aimet_; }
+  /// Memory the statistics hold (both histograms, the unused one empty).
+  std::size_t bytes() const {
+    return sizeof(*this) + (exact_.bytes() - sizeof(exact_)) + (aimet_.bytes() - sizeof(aimet_));
+  }
   friend bool operator==(const histogram_stats&, const histogram_stats&) = default;
 
  private:
@@ -316,7 +330,7 @@ inline encoding aimet_zero_data_encoding(int bw, scheme s) {
   const double off = std::floor(-1.0 / e.scale);
   e.offset = static_cast<std::int64_t>(off);
   e.min = off * e.scale;
-  e.max = e.min + steps * e.scale;
+  e.max = e.min + detail::rounded(steps * e.scale);
   return e;
 }
 

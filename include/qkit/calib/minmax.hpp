@@ -43,6 +43,8 @@ class minmax_range {
 
   float min() const { return min_; }
   float max() const { return max_; }
+  /// Memory the statistics hold: two floats, whatever the data.
+  std::size_t bytes() const { return sizeof(*this); }
   friend bool operator==(const minmax_range&, const minmax_range&) = default;
 
  private:

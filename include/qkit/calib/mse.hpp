@@ -71,9 +71,10 @@ inline void aimet_mse_range(const aimet_histogram& h, int bw, scheme s, float& l
     for (const auto& [v, p] : cp) {
       const float clamped = std::max(a, std::min(v, b));
       const int q = static_cast<int>(std::round(clamped / e.scale - off));
-      const float deq = static_cast<float>(e.scale * (q + off));
+      // rounded(): products round before they are added, fused or not (config.hpp).
+      const float deq = static_cast<float>(rounded(e.scale * (q + off)));
       const double d = static_cast<double>(v - deq);
-      err = static_cast<float>(err + p * (d * d));
+      err = static_cast<float>(err + rounded(p * (d * d)));
     }
     if (err < best_mse) {
       best_mse = err;
@@ -88,8 +89,8 @@ inline double qdq_error(const std::vector<weighted_point>& pts, const encoding& 
   double err = 0.0;
   for (const auto& pt : pts) {
     const double q = std::clamp(std::round(pt.x / e.scale) - off, 0.0, qmax);
-    const double d = pt.x - e.scale * (q + off);
-    err += pt.p * d * d;
+    const double d = pt.x - rounded(e.scale * (q + off));
+    err += rounded(pt.p * d * d);
   }
   return err;
 }
@@ -176,6 +177,8 @@ class mse_range {
   }
 
   const histogram_stats& histogram() const { return hist_; }
+  /// Memory the statistics hold; bounded by the histogram's capacity, not by the data.
+  std::size_t bytes() const { return sizeof(*this) + (hist_.bytes() - sizeof(hist_)); }
   friend bool operator==(const mse_range&, const mse_range&) = default;
 
  private:

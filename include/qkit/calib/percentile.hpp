@@ -124,6 +124,8 @@ class percentile_range {
 
   double percentile() const { return percentile_; }
   const histogram_stats& histogram() const { return hist_; }
+  /// Memory the statistics hold; bounded by the histogram's capacity, not by the data.
+  std::size_t bytes() const { return sizeof(*this) + (hist_.bytes() - sizeof(hist_)); }
   friend bool operator==(const percentile_range&, const percentile_range&) = default;
 
  private:

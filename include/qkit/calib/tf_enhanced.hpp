@@ -31,7 +31,8 @@ inline float aimet_tfe_cost(const aimet_histogram& h, int bw, float delta, int o
   constexpr int n = aimet_histogram::bins;
   const float min_val = delta * static_cast<float>(offset);
   const float step_size = static_cast<float>(std::pow(2, bw) - 1);
-  const float max_val = delta * step_size + min_val;
+  // rounded(): products round before they are added, fused or not (config.hpp).
+  const float max_val = rounded(delta * step_size) + min_val;
   const float pdf_start = static_cast<float>(xl[0]);
   const float pdf_step = static_cast<float>(xl[1] - xl[0]);
   int min_ind = static_cast<int>(std::floor((min_val - pdf_start) / pdf_step));
@@ -41,34 +42,34 @@ inline float aimet_tfe_cost(const aimet_histogram& h, int bw, float delta, int o
 
   // Each float accumulator adds a double term and rounds back to float, as `float += double`.
   float sat_bottom = 0;
-  const float min_mid = pdf_start + (static_cast<float>(min_ind) * pdf_step) + pdf_step / 2;
+  const float min_mid = pdf_start + rounded(static_cast<float>(min_ind) * pdf_step) + pdf_step / 2;
   for (int i = 0; i < min_ind; ++i) {
-    const float mid = pdf_start + static_cast<float>(i) * pdf_step + pdf_step / 2;
+    const float mid = pdf_start + rounded(static_cast<float>(i) * pdf_step) + pdf_step / 2;
     const double d = static_cast<double>(mid - min_mid);
-    sat_bottom = static_cast<float>(sat_bottom + pdf[i] * (d * d));
+    sat_bottom = static_cast<float>(sat_bottom + rounded(pdf[i] * (d * d)));
   }
   float sat_top = 0;
-  const float max_mid = pdf_start + (static_cast<float>(max_ind) * pdf_step) + pdf_step / 2;
+  const float max_mid = pdf_start + rounded(static_cast<float>(max_ind) * pdf_step) + pdf_step / 2;
   for (int i = max_ind; i < n; ++i) {
-    const float mid = pdf_start + static_cast<float>(i) * pdf_step + pdf_step / 2;
+    const float mid = pdf_start + rounded(static_cast<float>(i) * pdf_step) + pdf_step / 2;
     const double d = static_cast<double>(mid - max_mid);
-    sat_top = static_cast<float>(sat_top + pdf[i] * (d * d));
+    sat_top = static_cast<float>(sat_top + rounded(pdf[i] * (d * d)));
   }
   float quant = 0;
   for (int i = min_ind; i < max_ind; ++i) {
-    const float v = pdf_start + static_cast<float>(i) * pdf_step + pdf_step / 2;
+    const float v = pdf_start + rounded(static_cast<float>(i) * pdf_step) + pdf_step / 2;
     const int q = static_cast<int>(std::round(v / delta - static_cast<float>(offset)));
-    const float deq = delta * static_cast<float>(q + offset);
+    const float deq = rounded(delta * static_cast<float>(q + offset));
     const double d = static_cast<double>(v - deq);
-    quant = static_cast<float>(quant + pdf[i] * (d * d));
+    quant = static_cast<float>(quant + rounded(pdf[i] * (d * d)));
   }
-  return 3.0f * (sat_bottom + sat_top) + quant;
+  return rounded(3.0f * (sat_bottom + sat_top)) + quant;
 }
 
 inline bool aimet_tfe_clamp(float observed_min, float observed_max, float num_steps, float& delta,
                             int& offset) {
   float test_min = delta * static_cast<float>(offset);
-  float test_max = test_min + delta * num_steps;
+  float test_max = test_min + rounded(delta * num_steps);
   if (test_min < observed_min && test_max > observed_max) return false;
   test_min = std::max(observed_min, test_min);
   test_max = std::min(observed_max, test_max);
@@ -103,7 +104,7 @@ inline encoding aimet_tfe_encoding(const aimet_histogram& h, int bw, scheme s) {
     const float observed_delta = (max_val - min_val) / num_steps;
     const int observed_offset = static_cast<int>(std::round(min_val / observed_delta));
     const float observed_min = observed_delta * static_cast<float>(observed_offset);
-    const float observed_max = observed_min + observed_delta * num_steps;
+    const float observed_max = observed_min + rounded(observed_delta * num_steps);
     const float delta_max = observed_delta;
     for (float f = static_cast<float>(1.0 / 16); f <= 1 + 1.0 / 16;
          f = static_cast<float>(f + 1.0 / 16)) {
@@ -112,7 +113,7 @@ inline encoding aimet_tfe_encoding(const aimet_histogram& h, int bw, scheme s) {
         // delta in place, carrying it to later offsets; that version could never produce the
         // clipped encodings AIMET's core was measured to give, see docs/calibration.md.)
         float test_delta = f * delta_max;
-        int test_offset = static_cast<int>(-num_steps + num_steps / 20.0 * i);
+        int test_offset = static_cast<int>(-num_steps + rounded(num_steps / 20.0 * i));
         if (!aimet_tfe_clamp(observed_min, observed_max, num_steps, test_delta, test_offset))
           continue;
         candidates.emplace_back(test_delta, test_offset);
@@ -140,7 +141,7 @@ inline encoding aimet_tfe_encoding(const aimet_histogram& h, int bw, scheme s) {
   e.scale = best_delta;
   e.offset = best_offset;
   e.min = best_delta * static_cast<float>(best_offset);
-  e.max = static_cast<double>(best_delta * num_steps) + e.min;
+  e.max = static_cast<double>(rounded(best_delta * num_steps)) + e.min;
   return e;
 }
 
@@ -165,16 +166,16 @@ inline double tfe_cost(const std::vector<weighted_point>& pts, double delta, dou
   double sat = 0.0, quant = 0.0;
   for (const auto& pt : pts) {
     if (pt.x < lo) {
-      sat += pt.p * (pt.x - lo) * (pt.x - lo);
+      sat += rounded(pt.p * (pt.x - lo) * (pt.x - lo));
     } else if (pt.x > hi) {
-      sat += pt.p * (pt.x - hi) * (pt.x - hi);
+      sat += rounded(pt.p * (pt.x - hi) * (pt.x - hi));
     } else {
       const double q = std::clamp(std::round(pt.x / delta - offset), 0.0, steps);
-      const double e = pt.x - delta * (q + offset);
-      quant += pt.p * e * e;
+      const double e = pt.x - rounded(delta * (q + offset));
+      quant += rounded(pt.p * e * e);
     }
   }
-  return tfe_saturation_weight * sat + quant;
+  return rounded(tfe_saturation_weight * sat) + quant;
 }
 
 inline encoding exact_tfe_encoding(const exact_histogram& h, int bw, scheme s) {
@@ -199,12 +200,12 @@ inline encoding exact_tfe_encoding(const exact_histogram& h, int bw, scheme s) {
     const double observed_delta = (max_val - min_val) / steps;
     const double observed_offset = std::round(min_val / observed_delta);
     const double observed_min = observed_delta * observed_offset;
-    const double observed_max = observed_min + observed_delta * steps;
+    const double observed_max = observed_min + rounded(observed_delta * steps);
     for (int k = 1; k <= 17; ++k) {
       for (int i = 0; i <= 20; ++i) {
         double d = k / 16.0 * observed_delta;
-        const double o = std::trunc(-steps + steps / 20.0 * i);
-        double tmin = d * o, tmax = tmin + d * steps;
+        const double o = std::trunc(-steps + rounded(steps / 20.0 * i));
+        double tmin = d * o, tmax = tmin + rounded(d * steps);
         if (tmin < observed_min && tmax > observed_max) continue;
         tmin = std::max(observed_min, tmin);
         tmax = std::min(observed_max, tmax);
@@ -272,6 +273,8 @@ class tf_enhanced_range {
   }
 
   const histogram_stats& histogram() const { return hist_; }
+  /// Memory the statistics hold; bounded by the histogram's capacity, not by the data.
+  std::size_t bytes() const { return sizeof(*this) + (hist_.bytes() - sizeof(hist_)); }
   friend bool operator==(const tf_enhanced_range&, const tf_enhanced_range&) = default;
 
  private:

@@ -191,6 +191,15 @@ class quantizer {
   void restore_statistics(std::vector<RangeSetter> s) { setters_ = std::move(s); }
   /// The range setters (one per channel, or one).
   const std::vector<RangeSetter>& statistics() const { return setters_; }
+  /// Memory the calibration statistics hold: the range setters (for those that report their
+  /// heap use through bytes(), which every qkit range setter does) and their vector. Bounded
+  /// by the channel count and the setters' fixed sizes, never by how much data was observed.
+  std::size_t statistics_bytes() const {
+    std::size_t b = setters_.capacity() * sizeof(RangeSetter);
+    if constexpr (requires(const RangeSetter& r) { { r.bytes() } -> std::convertible_to<std::size_t>; })
+      for (const auto& r : setters_) b += r.bytes() - sizeof(RangeSetter);
+    return b;
+  }
 
   /// Turns the statistics into encodings (a no-op when frozen). No data -> calibration_error.
   void compute_encodings() {

@@ -497,6 +497,63 @@ inline void depthwise_forward(const conv2d_shape& s, const float* x, const float
   });
 }
 
+#if QKIT_RUNTIME_FMA
+// depthwise_forward's arithmetic in AVX2+FMA, for builds without FMA on CPUs with it (see
+// QKIT_RUNTIME_FMA in gemm.hpp): each output is the same chain of fused multiply-adds over the
+// taps, then the bias, so it equals an FMA build's bit for bit. One plane per call: a lambda
+// would not inherit the target attribute.
+__attribute__((target("avx2,fma"))) inline void depthwise_plane_fma(
+    const phased_plane<8>& pl, const float* xp, const float* w, std::size_t o, float bias,
+    float* yw, float* yo) {
+  constexpr std::size_t Wd = 8;
+  const std::size_t taps = pl.tap.size();
+  std::size_t i = 0;
+  for (; i + 4 * Wd <= pl.wide_padded; i += 4 * Wd) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (std::size_t t = 0; t < taps; ++t) {
+      const __m256 wv = _mm256_set1_ps(w[o * taps + t]);
+      const float* src = xp + pl.tap[t] + i;
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(src), wv, a0);
+      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(src + Wd), wv, a1);
+      a2 = _mm256_fmadd_ps(_mm256_loadu_ps(src + 2 * Wd), wv, a2);
+      a3 = _mm256_fmadd_ps(_mm256_loadu_ps(src + 3 * Wd), wv, a3);
+    }
+    _mm256_store_ps(yw + i, a0);
+    _mm256_store_ps(yw + i + Wd, a1);
+    _mm256_store_ps(yw + i + 2 * Wd, a2);
+    _mm256_store_ps(yw + i + 3 * Wd, a3);
+  }
+  for (; i < pl.wide_padded; i += Wd) {
+    __m256 acc = _mm256_setzero_ps();
+    for (std::size_t t = 0; t < taps; ++t)
+      acc = _mm256_fmadd_ps(_mm256_loadu_ps(xp + pl.tap[t] + i), _mm256_set1_ps(w[o * taps + t]), acc);
+    _mm256_store_ps(yw + i, acc);
+  }
+  for (std::size_t oh = 0; oh < pl.OH; ++oh)
+    for (std::size_t ow = 0; ow < pl.OW; ++ow) yo[oh * pl.OW + ow] = yw[oh * pl.Wq + ow] + bias;
+}
+
+inline void depthwise_forward_fma(const conv2d_shape& s, const float* x, const float* w,
+                                  const float* b, float* y) {
+  const phased_plane<8> pl(s);
+  const std::size_t OH = pl.OH, OW = pl.OW, Og = s.outputs_per_group();
+  parallel_for(0, s.N * s.C, 1, [&](std::size_t lo, std::size_t hi) {
+    // 32-byte aligned: the buffer is 64-byte aligned and pl.size() a multiple of 8 floats.
+    float* xp = scratch_buffer<2>(pl.size() + pl.wide_padded);
+    float* yw = xp + pl.size();
+    std::fill(xp, xp + pl.size(), 0.0f);
+    for (std::size_t nc = lo; nc < hi; ++nc) {
+      const std::size_t n = nc / s.C, c = nc % s.C;
+      pl.fill_interior(s, x + nc * s.H * s.W, xp);
+      for (std::size_t og = 0; og < Og; ++og) {
+        const std::size_t o = c * Og + og;
+        depthwise_plane_fma(pl, xp, w, o, b ? b[o] : 0.0f, yw, y + (n * s.O + o) * OH * OW);
+      }
+    }
+  });
+}
+#endif  // QKIT_RUNTIME_FMA
+
 /// Requires finite weights (the discarded columns contribute 0·w, which must be 0).
 template <class Arch>
 inline void depthwise_backward_data(const conv2d_shape& s, const float* dy, const float* w,
@@ -788,6 +845,12 @@ inline void conv2d_forward(const conv2d_shape& s, const float* x, const float* w
   using arch = xsimd::default_arch;
   const auto path = detail::choose_conv_path(s);
   if (path == detail::conv_path::depthwise) {
+#if QKIT_RUNTIME_FMA
+    if (detail::cpu_has_avx2_fma()) {
+      detail::depthwise_forward_fma(s, x, w, b, y);
+      return;
+    }
+#endif
     detail::depthwise_forward<arch>(s, x, w, b, y);
     return;
   }

@@ -19,6 +19,12 @@ namespace detail {
 /// waking a thread.
 inline constexpr std::size_t elementwise_grain = std::size_t{1} << 15;
 inline constexpr std::size_t simd_width = simd<float>::size;
+/// Lanes of every sum: 16, AVX-512's width, on every target (a narrower target keeps 16 / W
+/// accumulators), so that a sum's order — and its rounding — does not depend on the SIMD width
+/// the code was compiled for.
+inline constexpr std::size_t sum_lanes = 16;
+static_assert(sum_lanes % simd_width == 0, "a SIMD width that does not divide 16");
+inline constexpr std::size_t sum_accumulators = sum_lanes / simd_width;
 }  // namespace detail
 
 /// Grain for parallel_for over `items` work items of `work_per_item` elements each: enough
@@ -75,11 +81,12 @@ inline void normalize_affine_reference(const float* x, float* xhat, float* y, st
   }
 }
 
-/// Sum of x in SIMD order: lane j accumulates x[j], x[j + W], ... over the first n - n % W
-/// elements, the lanes are added in order 0..W-1, then the tail in order. This order is what
-/// the SIMD kernel does; the reference spells it out so the two agree bit for bit.
+/// Sum of x in SIMD order: lane j (of W = detail::sum_lanes = 16, whatever the target's SIMD
+/// width) accumulates x[j], x[j + W], ... over the first n - n % W elements, the lanes are added
+/// in order 0..W-1, then the tail in order. This order is what the SIMD kernel does; the
+/// reference spells it out so the two agree bit for bit, in every build.
 inline float sum_reference(const float* x, std::size_t n) {
-  constexpr std::size_t W = detail::simd_width;
+  constexpr std::size_t W = detail::sum_lanes;
   std::array<float, W> lanes{};
   const std::size_t vn = n - n % W;
   for (std::size_t i = 0; i < vn; i += W)
@@ -92,7 +99,7 @@ inline float sum_reference(const float* x, std::size_t n) {
 
 /// Sum of a[i] * b[i], in the same order as sum_reference.
 inline float dot_reference(const float* a, const float* b, std::size_t n) {
-  constexpr std::size_t W = detail::simd_width;
+  constexpr std::size_t W = detail::sum_lanes;
   std::array<float, W> lanes{};
   const std::size_t vn = n - n % W;
   for (std::size_t i = 0; i < vn; i += W)
@@ -112,7 +119,7 @@ inline std::pair<float, float> sum_and_dot_reference(const float* a, const float
 /// Sum of (x[i] - mean)^2, in the same order as sum_reference (the second pass of a two-pass
 /// variance, which does not cancel catastrophically as E[x^2] - E[x]^2 does).
 inline float sum_squared_deviation_reference(const float* x, std::size_t n, float mean) {
-  constexpr std::size_t W = detail::simd_width;
+  constexpr std::size_t W = detail::sum_lanes;
   std::array<float, W> lanes{};
   const std::size_t vn = n - n % W;
   for (std::size_t i = 0; i < vn; i += W)
@@ -135,12 +142,22 @@ inline float sum_squared_deviation_reference(const float* x, std::size_t n, floa
 
 namespace detail {
 
-/// Adds a batch's lanes in order 0..W-1 (never a tree), so the scalar reference can follow.
-inline float finish_lanes(const simd<float>& acc) {
-  alignas(64) std::array<float, simd_width> lanes;
-  acc.store_aligned(lanes.data());
+/// sum_lanes lanes held in sum_accumulators batches (accumulator k holds lanes k·W ..
+/// k·W + W-1).
+using lane_accumulators = std::array<simd<float>, sum_accumulators>;
+
+inline lane_accumulators zero_lanes() {
+  lane_accumulators a;
+  a.fill(simd<float>(0.0f));
+  return a;
+}
+
+/// Adds the lanes in order 0..sum_lanes-1 (never a tree), so the scalar reference can follow.
+inline float finish_lanes(const lane_accumulators& acc) {
+  alignas(64) std::array<float, sum_lanes> lanes;
+  for (std::size_t k = 0; k < sum_accumulators; ++k) acc[k].store_aligned(lanes.data() + k * simd_width);
   float s = 0.0f;
-  for (std::size_t j = 0; j < simd_width; ++j) s += lanes[j];
+  for (std::size_t j = 0; j < sum_lanes; ++j) s += lanes[j];
   return s;
 }
 
@@ -211,10 +228,11 @@ inline void normalize_affine_simd(const float* x, float* xhat, float* y, std::si
 
 /// Sum of x, in the order sum_reference documents.
 inline float sum(const float* x, std::size_t n) {
-  constexpr std::size_t W = detail::simd_width;
-  const std::size_t vn = n - n % W;
-  simd<float> acc(0.0f);
-  for (std::size_t i = 0; i < vn; i += W) acc += simd<float>::load_unaligned(x + i);
+  constexpr std::size_t W = detail::simd_width, L = detail::sum_lanes;
+  const std::size_t vn = n - n % L;
+  auto acc = detail::zero_lanes();
+  for (std::size_t i = 0; i < vn; i += L)
+    for (std::size_t k = 0; k < L / W; ++k) acc[k] += simd<float>::load_unaligned(x + i + k * W);
   float s = detail::finish_lanes(acc);
   for (std::size_t i = vn; i < n; ++i) s += x[i];
   return s;
@@ -222,11 +240,12 @@ inline float sum(const float* x, std::size_t n) {
 
 /// Sum of a[i] * b[i] (no FMA, so it matches dot_reference).
 inline float dot(const float* a, const float* b, std::size_t n) {
-  constexpr std::size_t W = detail::simd_width;
-  const std::size_t vn = n - n % W;
-  simd<float> acc(0.0f);
-  for (std::size_t i = 0; i < vn; i += W)
-    acc += simd<float>::load_unaligned(a + i) * simd<float>::load_unaligned(b + i);
+  constexpr std::size_t W = detail::simd_width, L = detail::sum_lanes;
+  const std::size_t vn = n - n % L;
+  auto acc = detail::zero_lanes();
+  for (std::size_t i = 0; i < vn; i += L)
+    for (std::size_t k = 0; k < L / W; ++k)
+      acc[k] += simd<float>::load_unaligned(a + i + k * W) * simd<float>::load_unaligned(b + i + k * W);
   float s = detail::finish_lanes(acc);
   for (std::size_t i = vn; i < n; ++i) s += a[i] * b[i];
   return s;
@@ -234,14 +253,15 @@ inline float dot(const float* a, const float* b, std::size_t n) {
 
 /// (Σ a, Σ a·b) in one pass over a and b (equal to sum_and_dot_reference bit for bit).
 inline std::pair<float, float> sum_and_dot(const float* a, const float* b, std::size_t n) {
-  constexpr std::size_t W = detail::simd_width;
-  const std::size_t vn = n - n % W;
-  simd<float> as(0.0f), ab(0.0f);
-  for (std::size_t i = 0; i < vn; i += W) {
-    const auto va = simd<float>::load_unaligned(a + i);
-    as += va;
-    ab += va * simd<float>::load_unaligned(b + i);
-  }
+  constexpr std::size_t W = detail::simd_width, L = detail::sum_lanes;
+  const std::size_t vn = n - n % L;
+  auto as = detail::zero_lanes(), ab = detail::zero_lanes();
+  for (std::size_t i = 0; i < vn; i += L)
+    for (std::size_t k = 0; k < L / W; ++k) {
+      const auto va = simd<float>::load_unaligned(a + i + k * W);
+      as[k] += va;
+      ab[k] += va * simd<float>::load_unaligned(b + i + k * W);
+    }
   float s = detail::finish_lanes(as), d = detail::finish_lanes(ab);
   for (std::size_t i = vn; i < n; ++i) s += a[i];
   for (std::size_t i = vn; i < n; ++i) d += a[i] * b[i];
@@ -250,14 +270,15 @@ inline std::pair<float, float> sum_and_dot(const float* a, const float* b, std::
 
 /// Sum of (x[i] - mean)^2.
 inline float sum_squared_deviation(const float* x, std::size_t n, float mean) {
-  constexpr std::size_t W = detail::simd_width;
-  const std::size_t vn = n - n % W;
+  constexpr std::size_t W = detail::simd_width, L = detail::sum_lanes;
+  const std::size_t vn = n - n % L;
   const simd<float> vm(mean);
-  simd<float> acc(0.0f);
-  for (std::size_t i = 0; i < vn; i += W) {
-    const auto d = simd<float>::load_unaligned(x + i) - vm;
-    acc += d * d;
-  }
+  auto acc = detail::zero_lanes();
+  for (std::size_t i = 0; i < vn; i += L)
+    for (std::size_t k = 0; k < L / W; ++k) {
+      const auto d = simd<float>::load_unaligned(x + i + k * W) - vm;
+      acc[k] += d * d;
+    }
   float s = detail::finish_lanes(acc);
   for (std::size_t i = vn; i < n; ++i) {
     const float d = x[i] - mean;

@@ -22,6 +22,21 @@
 #include "../error.hpp"
 #include "thread_pool.hpp"
 
+// Built for x86-64 without FMA (qkit::qkit alone, no -march=native), the xsimd kernels would
+// multiply and add in two roundings where an FMA build rounds once, so every product — and the
+// activations and encodings computed from it — would differ in its last bits with the compiler
+// flags. Such builds therefore carry AVX2+FMA kernels compiled through the target attribute and
+// run them when the CPU has FMA (every x86-64 CPU since 2013): they do exactly the arithmetic of
+// an FMA build, so results depend on neither the flags nor the CPU. Only a CPU without FMA
+// still takes the two-rounding kernels.
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(__FMA__) && \
+    (defined(__GNUC__) || defined(__clang__))
+#define QKIT_RUNTIME_FMA 1
+#include <immintrin.h>
+#else
+#define QKIT_RUNTIME_FMA 0
+#endif
+
 namespace qkit {
 
 enum class transpose { no, yes };
@@ -274,6 +289,84 @@ inline void micro_kernel_for_width(std::size_t kc, const float* a, const float* 
   gemm_micro_kernel<Arch, MR, NV, NVP>(kc, a, b, alpha, beta, c, ldc, rows, cols);
 }
 
+#if QKIT_RUNTIME_FMA
+/// True when this CPU (and its OS) runs AVX2 and FMA instructions.
+inline bool cpu_has_avx2_fma() {
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return yes;
+}
+
+/// The tile of the run-time AVX2+FMA kernel: 16 ymm registers, 6×2 accumulators as xsimd's
+/// AVX2 target uses. Packing still uses the build's own SIMD width (NR is a multiple of it).
+struct gemm_tile_fma {
+  static constexpr std::size_t W = 8;
+  static constexpr std::size_t MR = 6;
+  static constexpr std::size_t NV = 2;
+  static constexpr std::size_t NR = NV * W;
+  static constexpr std::size_t KC = 256;  // as every other target: the K blocking decides results
+  static constexpr std::size_t MC = 1024;
+  static constexpr std::size_t NC = 3072;
+  static constexpr std::size_t tile_cols = 480 / NR * NR;
+  static constexpr std::size_t tile_rows = 64 / MR * MR;
+  static constexpr bool runtime_fma = true;
+};
+
+/// gemm_micro_kernel's arithmetic, operation for operation, in AVX2+FMA intrinsics.
+template <std::size_t MR, std::size_t NV, std::size_t NVP = NV>
+__attribute__((target("avx2,fma"))) inline void gemm_micro_kernel_fma(
+    std::size_t kc, const float* __restrict a, const float* __restrict b, float alpha, float beta,
+    float* __restrict c, std::size_t ldc, std::size_t rows, std::size_t cols) {
+  constexpr std::size_t W = 8, NR = NV * W, panel = NVP * W;
+  __m256 acc[MR][NV];
+  for (std::size_t i = 0; i < MR; ++i)
+    for (std::size_t v = 0; v < NV; ++v) acc[i][v] = _mm256_setzero_ps();
+  for (std::size_t k = 0; k < kc; ++k) {
+    __m256 bv[NV];
+    for (std::size_t v = 0; v < NV; ++v) bv[v] = _mm256_load_ps(b + v * W);
+    for (std::size_t i = 0; i < MR; ++i) {
+      const __m256 av = _mm256_broadcast_ss(a + i);
+      for (std::size_t v = 0; v < NV; ++v) acc[i][v] = _mm256_fmadd_ps(av, bv[v], acc[i][v]);
+    }
+    a += MR;
+    b += panel;
+  }
+  const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+  if (rows == MR && cols == NR) {
+    for (std::size_t i = 0; i < MR; ++i) {
+      float* ci = c + i * ldc;
+      for (std::size_t v = 0; v < NV; ++v) {
+        const __m256 r = beta == 0.0f ? _mm256_mul_ps(va, acc[i][v])
+                                      : _mm256_fmadd_ps(va, acc[i][v],
+                                                        _mm256_mul_ps(vb, _mm256_loadu_ps(ci + v * W)));
+        _mm256_storeu_ps(ci + v * W, r);
+      }
+    }
+    return;
+  }
+  alignas(64) float tile[MR * NR];
+  for (std::size_t i = 0; i < MR; ++i)
+    for (std::size_t v = 0; v < NV; ++v) _mm256_store_ps(tile + i * NR + v * W, acc[i][v]);
+  for (std::size_t i = 0; i < rows; ++i)
+    for (std::size_t j = 0; j < cols; ++j) {
+      float& cij = c[i * ldc + j];
+      cij = beta == 0.0f ? alpha * tile[i * NR + j] : std::fma(alpha, tile[i * NR + j], beta * cij);
+    }
+}
+
+template <std::size_t MR, std::size_t NVP, std::size_t NV = NVP>
+inline void micro_kernel_for_width_fma(std::size_t kc, const float* a, const float* b, float alpha,
+                                       float beta, float* c, std::size_t ldc, std::size_t rows,
+                                       std::size_t cols) {
+  if constexpr (NV > 1) {
+    if (cols <= (NV - 1) * gemm_tile_fma::W) {
+      micro_kernel_for_width_fma<MR, NVP, NV - 1>(kc, a, b, alpha, beta, c, ldc, rows, cols);
+      return;
+    }
+  }
+  gemm_micro_kernel_fma<MR, NV, NVP>(kc, a, b, alpha, beta, c, ldc, rows, cols);
+}
+#endif  // QKIT_RUNTIME_FMA
+
 /// The packed, blocked GEMM for one SIMD architecture (gemm uses the default one; tests also
 /// run narrower ones to check the kernels of other targets on this host).
 template <class Arch, class Tile = gemm_tile<Arch>>
@@ -364,9 +457,16 @@ void gemm_blocked(transpose ta, transpose tb, std::size_t M, std::size_t N, std:
               const std::size_t i0 = p * MR, rows = std::min(MR, mc - i0);
               for (std::size_t q = nt * tn; q < q_end; ++q) {
                 const std::size_t j0 = q * NR, cols = std::min(NR, nc - j0);
-                micro_kernel_for_width<Arch, MR, cfg::NV>(
-                    kc, packed_a + p * MR * kc, packed_b + q * NR * kc, alpha, beta_k,
-                    C + (ic + i0) * ldc + jc + j0, ldc, rows, cols);
+#if QKIT_RUNTIME_FMA
+                if constexpr (requires { cfg::runtime_fma; })
+                  micro_kernel_for_width_fma<MR, cfg::NV>(
+                      kc, packed_a + p * MR * kc, packed_b + q * NR * kc, alpha, beta_k,
+                      C + (ic + i0) * ldc + jc + j0, ldc, rows, cols);
+                else
+#endif
+                  micro_kernel_for_width<Arch, MR, cfg::NV>(
+                      kc, packed_a + p * MR * kc, packed_b + q * NR * kc, alpha, beta_k,
+                      C + (ic + i0) * ldc + jc + j0, ldc, rows, cols);
               }
             }
           }
@@ -379,10 +479,19 @@ void gemm_blocked(transpose ta, transpose tb, std::size_t M, std::size_t N, std:
 }  // namespace detail
 
 /// The fast GEMM (same contract as gemm_reference; results may differ from it by rounding
-/// only, and never depend on the thread count).
+/// only, and never depend on the thread count). Every element is one chain of fused
+/// multiply-adds over k (in blocks of about 256, each block's sum added to C with one more),
+/// so the result is the same bits in every build and on every CPU with FMA.
 inline void gemm(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K,
                  float alpha, const float* A, std::size_t lda, const float* B, std::size_t ldb,
                  float beta, float* C, std::size_t ldc) {
+#if QKIT_RUNTIME_FMA
+  if (detail::cpu_has_avx2_fma()) {
+    detail::gemm_blocked<xsimd::default_arch, detail::gemm_tile_fma>(ta, tb, M, N, K, alpha, A,
+                                                                      lda, B, ldb, beta, C, ldc);
+    return;
+  }
+#endif
   detail::gemm_blocked<xsimd::default_arch>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C,
                                             ldc);
 }
