@@ -1,11 +1,62 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds qkit with everything on, and runs the whole test suite
-# through ctest. BUILD_DIR (default build/) and JOBS (default: all cores) can be set.
+# Installs what is missing, then builds and runs qkit's whole test suite in the three
+# configurations CI runs (.ci/run calls this script and nothing else):
+#   normal    BUILD_DIR (default build/): g++ Release, everything on (ONNX), tests built with
+#             qkit::optimize (-march=native -ffp-contract=off); every ctest.
+#   sanitize  BUILD_DIR-sanitize: the tests and examples again with AddressSanitizer and
+#             UndefinedBehaviorSanitizer (-O1 -g, any UB report fatal), built for baseline
+#             x86-64 (QKIT_TESTS_NATIVE=OFF), so this run also proves the kernels users get
+#             without qkit::optimize; the Fashion-MNIST suite evaluates fewer test images there.
+#   fuzz      BUILD_DIR-fuzz: the libFuzzer targets (clang); each replays its committed corpus
+#             and fuzzes for 20 seconds (fuzz/CMakeLists.txt).
+# JOBS (default: all cores) sets build and ctest parallelism; PARTS (default "normal sanitize
+# fuzz") picks configurations. Extra arguments go to every ctest call. Prints the time of
+# each step at the end.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD_DIR:-$here/build}
 jobs=${JOBS:-$(nproc)}
-"$here/scripts/deps.sh"
-cmake -S "$here" -B "$build" -DCMAKE_BUILD_TYPE=Release -DQKIT_WITH_ONNX=ON
-cmake --build "$build" -j "$jobs"
-ctest --test-dir "$build" --output-on-failure -j "$jobs" "$@"
+parts=${PARTS:-normal sanitize fuzz}
+
+times=()
+step() {  # step NAME COMMAND...: runs it and records how long it took
+  local name=$1 t0=$SECONDS
+  shift
+  "$@"
+  times+=("$(printf '%-18s %5d s' "$name" $((SECONDS - t0)))")
+}
+report() {
+  echo "test.sh: time per step (JOBS=$jobs)"
+  printf '  %s\n' "${times[@]}"
+}
+trap report EXIT
+has() { [[ " $parts " == *" $1 "* ]]; }
+
+step deps "$here/scripts/deps.sh"
+
+if has normal; then
+  step normal-configure cmake -S "$here" -B "$build" -DCMAKE_BUILD_TYPE=Release -DQKIT_WITH_ONNX=ON
+  step normal-build cmake --build "$build" -j "$jobs"
+  step normal-ctest ctest --test-dir "$build" --output-on-failure -j "$jobs" "$@"
+fi
+
+if has sanitize; then
+  san=$build-sanitize
+  # -O1 keeps xtensor's expression templates fast enough to run every suite; benchmarks are
+  # not tests and stay out. QKIT_FASHION_TEST_IMAGES: see tests/fashion/fixtures.cmake.
+  step sanitize-configure cmake -S "$here" -B "$san" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g" -DQKIT_SANITIZE=ON -DQKIT_TESTS_NATIVE=OFF \
+    -DQKIT_WITH_ONNX=ON -DQKIT_BUILD_BENCHMARKS=OFF -DQKIT_FASHION_TEST_IMAGES=2000
+  step sanitize-build cmake --build "$san" -j "$jobs"
+  # Leaks are reported too (detect_leaks); UBSan prints the stack of what it stops at.
+  export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1} UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1}
+  step sanitize-ctest ctest --test-dir "$san" --output-on-failure -j "$jobs" "$@"
+fi
+
+if has fuzz; then
+  fz=$build-fuzz
+  step fuzz-configure cmake -S "$here/fuzz" -B "$fz" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DCMAKE_CXX_COMPILER=clang++
+  step fuzz-build cmake --build "$fz" -j "$jobs"
+  step fuzz-ctest ctest --test-dir "$fz" --output-on-failure -j "$jobs" "$@"
+fi

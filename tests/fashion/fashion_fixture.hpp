@@ -32,13 +32,25 @@ inline qkit::data::dataset load_split(bool train) {
   return qkit::data::dataset(std::move(d.images), d.labels);
 }
 
+#ifndef QKIT_FASHION_TEST_IMAGES
+#define QKIT_FASHION_TEST_IMAGES 0
+#endif
+/// The test split, or its first QKIT_FASHION_TEST_IMAGES images (set by the sanitizer build,
+/// where evaluating all 10,000 several times per test is too slow; fixtures.cmake).
+inline qkit::data::dataset load_test_split() {
+  qkit::data::dataset d = load_split(false);
+  if (QKIT_FASHION_TEST_IMAGES > 0 && static_cast<std::size_t>(QKIT_FASHION_TEST_IMAGES) < d.size())
+    return qkit::data::first(d, static_cast<std::size_t>(QKIT_FASHION_TEST_IMAGES));
+  return d;
+}
+
 struct fashion_data {
   fashion::model_type model = fashion::make_model();
   qkit::data::dataset test;
   /// 2,000 training images in a seeded random order (AIMET's default calibration size); its
   /// first 1,000 are the example's calibration set (the same seed and shuffle).
   qkit::data::dataset calib;
-  fashion_data() : test(load_split(false)), calib(fashion::repair_calibration_set(load_split(true))) {
+  fashion_data() : test(load_test_split()), calib(fashion::repair_calibration_set(load_split(true))) {
     qkit::nn::load_weights(model, QKIT_FASHION_MODEL);
   }
 };
