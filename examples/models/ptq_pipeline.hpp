@@ -8,9 +8,12 @@
 #include <cstdio>
 #include <filesystem>
 #include <string>
+#include <vector>
 
+#include <qkit/ptq/adaround.hpp>
 #include <qkit/ptq/bias_correction.hpp>
 #include <qkit/ptq/cross_layer_equalization.hpp>
+#include <qkit/ptq/sequential_mse.hpp>
 
 #include "quantize_pipeline.hpp"
 
@@ -26,13 +29,21 @@ inline qkit::data::dataset repair_calibration_set(const qkit::data::dataset& tra
 struct repair {
   bool cle = false, bias_correction = false;
   qkit::ptq::relu6_policy relu6 = qkit::ptq::relu6_policy::replace_with_relu;
+  /// Learned weight rounding after CLE (AIMET's advice: not together with bias correction).
+  bool adaround = false;
+  /// Sequential MSE weight ranges after CLE.
+  bool sequential_mse = false;
 
-  /// "none", "CLE", "bias correction", "CLE + bias correction" (+ " (ReLU6 kept)").
+  /// "none", "CLE", "bias correction", "CLE + bias correction", "CLE + AdaRound", "Sequential
+  /// MSE", ... (+ " (ReLU6 kept)").
   std::string label() const {
-    std::string l = cle && bias_correction ? "CLE + bias correction"
-                    : cle                  ? "CLE"
-                    : bias_correction      ? "bias correction"
-                                           : "none";
+    std::vector<std::string> parts;
+    if (cle) parts.push_back("CLE");
+    if (bias_correction) parts.push_back("bias correction");
+    if (adaround) parts.push_back("AdaRound");
+    if (sequential_mse) parts.push_back("Sequential MSE");
+    std::string l = parts.empty() ? "none" : parts[0];
+    for (std::size_t i = 1; i < parts.size(); ++i) l += " + " + parts[i];
     if (cle && relu6 == qkit::ptq::relu6_policy::keep) l += " (ReLU6 kept)";
     return l;
   }
@@ -41,7 +52,11 @@ struct repair {
 struct repair_settings {
   std::size_t calibration_samples = 2000;  ///< AIMET's num_quant_samples
   std::size_t correction_samples = 512;    ///< AIMET's num_bias_correct_samples
-  bool verbose = false;                    ///< print what CLE did and bias correction's progress
+  /// AdaRound: samples cached per layer and steps per layer (0: AIMET's 10,000 / 15,000).
+  std::size_t adaround_samples = 1000, adaround_iterations = 0;
+  /// Sequential MSE: batches of 32 scored per candidate, and candidates per channel.
+  std::size_t seq_mse_batches = 20, seq_mse_candidates = 20;
+  bool verbose = false;  ///< print what CLE did and the passes' progress
 };
 
 /// Test accuracy of `model` simulated at Preset (min-max ranges) after `r`, calibrated on the
@@ -73,6 +88,21 @@ precision_result simulate_repaired(const Model& model, const repair& r,
         std::fflush(stdout);
       };
     (void)qkit::ptq::correct_bias(sim, calib, o);
+  } else if (r.adaround) {
+    qkit::ptq::adaround_options o;
+    o.samples = settings.adaround_samples;
+    o.iterations = settings.adaround_iterations;
+    o.calibration_samples = settings.calibration_samples;
+    o.verbose = settings.verbose;
+    const auto report = qkit::ptq::adaround(sim, calib, o);
+    if (settings.verbose) std::printf("%s", report.summary().c_str());
+  } else if (r.sequential_mse) {
+    qkit::ptq::sequential_mse_options o;
+    o.num_batches = settings.seq_mse_batches;
+    o.num_candidates = settings.seq_mse_candidates;
+    o.calibration_samples = settings.calibration_samples;
+    const auto report = qkit::ptq::apply_sequential_mse(sim, calib, o);
+    if (settings.verbose) std::printf("%s", report.summary().c_str());
   } else {
     qkit::calibrate(sim, calib, settings.calibration_samples);
   }
@@ -83,6 +113,8 @@ precision_result simulate_repaired(const Model& model, const repair& r,
     std::string folder = folder_name(Preset::label());
     if (r.cle) folder += "_cle";
     if (r.bias_correction) folder += "_bc";
+    if (r.adaround) folder += "_adaround";
+    if (r.sequential_mse) folder += "_seqmse";
     res.exported = out / folder;
     export_simulation(sim, res.exported);
   }
@@ -113,6 +145,51 @@ void repair_table(const Model& model, const qkit::data::dataset& train,
   row(p::w8a8{}, {}, false, false);
   row(p::w8a8{}, {.cle = true, .bias_correction = true}, true, false);
   std::printf("repaired encodings, weights and ONNX models written to %s/<precision>_cle_bc/\n",
+              out.string().c_str());
+}
+
+/// The example's learned-rounding table (--adaround): AdaRound at AIMET's defaults (or
+/// `iterations` steps per layer) and Sequential MSE, against no repair, at W8A8 and W4A8
+/// per-tensor and W4A8/W3A8/W2A8 per-channel. Each row is exported to
+/// out/<precision>_<repair>/.
+template <class Model>
+void adaround_table(const Model& model, const qkit::data::dataset& train,
+                    const qkit::data::dataset& test, const std::filesystem::path& out,
+                    std::size_t iterations = 0) {
+  namespace p = qkit::presets;
+  using w3a8_pc = qkit::sim_preset<3, 8, true>;
+  using w2a8_pc = qkit::sim_preset<2, 8, true>;
+  const qkit::data::dataset calib = repair_calibration_set(train);
+  std::printf("\nLearned rounding and ranges (encodings from 2,000 training images; AdaRound: "
+              "1,000 cached, %s steps per layer; Sequential MSE: 20 batches of 32, 20 candidates)\n"
+              "%-44s %10s %10s\n",
+              iterations ? std::to_string(iterations).c_str() : "AIMET's default",
+              "precision, repair", "accuracy", "time");
+  auto row = [&](auto preset, const repair& r) {
+    repair_settings s;
+    s.adaround_iterations = iterations;
+    const bool learned = r.adaround || r.sequential_mse;
+    const auto res = simulate_repaired<decltype(preset)>(model, r, calib, test, s,
+                                                          learned ? out : std::filesystem::path{});
+    std::printf("%-44s %9.2f%% %8.1f s\n", res.label.c_str(), 100.0 * res.accuracy,
+                res.calibration_seconds);
+    std::fflush(stdout);
+  };
+  row(p::w8a8{}, {});
+  row(p::w8a8{}, {.adaround = true});
+  row(p::w4a8{}, {});
+  row(p::w4a8{}, {.cle = true});
+  row(p::w4a8{}, {.cle = true, .adaround = true});
+  row(p::w4a8_per_channel{}, {});
+  row(p::w4a8_per_channel{}, {.adaround = true});
+  row(p::w4a8_per_channel{}, {.sequential_mse = true});
+  row(w3a8_pc{}, {});
+  row(w3a8_pc{}, {.adaround = true});
+  row(w3a8_pc{}, {.sequential_mse = true});
+  row(w2a8_pc{}, {});
+  row(w2a8_pc{}, {.adaround = true});
+  row(w2a8_pc{}, {.sequential_mse = true});
+  std::printf("rounded simulations written to %s/<precision>_adaround/ and _seqmse/\n",
               out.string().c_str());
 }
 

@@ -117,6 +117,8 @@ struct layer_adaround {
   double nearest_loss = 0.0, adaround_loss = 0.0;
   /// Fraction of weights rounded to the other grid point than the nearest one.
   double flipped = 0.0;
+  /// Bytes of cached inputs and targets.
+  std::size_t cache_bytes = 0;
   double seconds = 0.0;
 };
 
@@ -136,9 +138,11 @@ struct adaround_report {
     for (const auto& l : layers) {
       char line[256];
       std::snprintf(line, sizeof line,
-                    "  %-28s int%d %-11s %6zu weights  loss %.4g -> %.4g (%.1f%% flipped) %.1f s\n",
+                    "  %-28s int%d %-11s %6zu weights  loss %.4g -> %.4g (%.1f%% flipped)  "
+                    "cache %s  %.1f s\n",
                     l.layer.c_str(), l.bitwidth, l.per_channel ? "per-channel" : "per-tensor",
-                    l.weights, l.nearest_loss, l.adaround_loss, 100.0 * l.flipped, l.seconds);
+                    l.weights, l.nearest_loss, l.adaround_loss, 100.0 * l.flipped,
+                    detail::bytes_string(double(l.cache_bytes)).c_str(), l.seconds);
       os << line;
     }
     for (const auto& s : skipped) os << "  " << s << ": skipped\n";
@@ -298,6 +302,44 @@ inline double reconstruction(const tensor& z, const tensor& y, const fused_activ
   return s / norm;
 }
 
+/// One step's reconstruction, fused: z (before the fused activation, for the B samples whose
+/// targets are rows idx of `targets`) is overwritten by the gradient of the loss in z; returns
+/// the loss when want_loss. The same arithmetic as reconstruction(), without copying targets.
+inline double reconstruction_step(tensor& z, const tensor& targets, const std::size_t* idx,
+                                  const fused_activation& act, bool want_loss) {
+  const std::size_t B = z.shape(0), O = z.shape(1), n = z.size(), per = n / B;
+  const double norm = double(B) * double(n / (B * O));
+  const float lo = act.lo, hi = act.hi, scale = float(2.0 / norm);
+  const bool clip = act.present();
+  double s = 0.0;
+  if (want_loss)
+    for (std::size_t r = 0; r < B; ++r) {
+      const float* zr = z.data() + r * per;
+      const float* yr = targets.data() + idx[r] * per;
+      for (std::size_t i = 0; i < per; ++i) {
+        const double d = double(clip ? std::clamp(zr[i], lo, hi) : zr[i]) - double(yr[i]);
+        s += d * d;
+      }
+    }
+  parallel_for(0, B, 1, [&](std::size_t b0, std::size_t b1) {
+    for (std::size_t r = b0; r < b1; ++r) {
+      float* zr = z.data() + r * per;
+      const float* yr = targets.data() + idx[r] * per;
+      if (!clip) {
+        for (std::size_t i = 0; i < per; ++i) zr[i] = scale * (zr[i] - yr[i]);
+        continue;
+      }
+      // Branch-free (the mask is data-dependent, ~half the values): vectorizes.
+      for (std::size_t i = 0; i < per; ++i) {
+        const float v = zr[i];
+        const float pass = float(v > lo) * float(v < hi);
+        zr[i] = pass * (scale * (v - yr[i]));
+      }
+    }
+  });
+  return want_loss ? s / norm : 0.0;
+}
+
 /// The loss of weight w over every cached sample, in batches.
 inline double cached_loss(const layer_kernel& k, const tensor& inputs, const tensor& targets,
                           const float* w, const float* b, const fused_activation& act,
@@ -332,12 +374,11 @@ class layer_rounding {
     // batch_ distinct samples: a partial Fisher-Yates shuffle of the running order.
     const std::size_t n = order_.size();
     for (std::size_t k = 0; k < batch_; ++k) std::swap(order_[k], order_[k + rng_() % (n - k)]);
-    const tensor xb = gather_rows(inputs_, order_.data(), batch_);
-    const tensor yb = gather_rows(targets_, order_.data(), batch_);
+    gather_rows(inputs_, order_.data(), batch_, xb_);
     rp_.soft_weight();
-    const tensor z = kernel_.forward(xb, rp_.soft.data(), bias_);
-    const double recon = reconstruction(z, yb, act_, &dz_, want_loss);
-    kernel_.weight_gradient(xb, dz_, rp_.dw.data());
+    kernel_.forward(xb_, rp_.soft.data(), bias_, z_);
+    const double recon = reconstruction_step(z_, targets_, order_.data(), act_, want_loss);
+    kernel_.weight_gradient(xb_, z_, rp_.dw.data());  // z_ now holds the loss's gradient
     const bool reg_on = adaround_math::regularized(it, iterations_, o_.warm_start);
     rp_.alpha_gradient(reg_on, o_.reg, reg_on ? beta(it) : 0.0f);
     opt_.step("alpha", rp_.alpha, rp_.dalpha);
@@ -369,7 +410,7 @@ class layer_rounding {
   std::mt19937_64 rng_;
   std::vector<std::size_t> order_;
   std::size_t batch_;
-  tensor dz_;
+  tensor xb_, z_;  // reused every step: same shapes
 };
 
 inline bool stderr_is_terminal() {
@@ -545,6 +586,7 @@ adaround_report adaround(Sim& sim, const data::dataset& data, const adaround_opt
       line.weights = rp.K;
       line.iterations = iterations;
       line.samples = samples;
+      line.cache_bytes = (inputs.size() + targets.size()) * sizeof(float);
       line.nearest_loss = detail::cached_loss(kernel, inputs, targets, nearest.data(), b, act,
                                               options.capture_batch_size);
       line.adaround_loss = detail::cached_loss(kernel, inputs, targets, rounded.data(), b, act,

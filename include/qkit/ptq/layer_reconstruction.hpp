@@ -45,19 +45,25 @@ class layer_kernel {
 
   /// y = layer(x) with weight w (the layer's weight shape) and bias b (nullptr: none).
   tensor forward(const tensor& x, const float* w, const float* b) const {
+    tensor y;
+    forward(x, w, b, y);
+    return y;
+  }
+  /// The same into y, reusing its memory when it already has the output's shape (AdaRound's
+  /// steps run the same shapes thousands of times).
+  void forward(const tensor& x, const float* w, const float* b, tensor& y) const {
     if (conv_) {
       const conv2d_shape s = conv_->shape_for(x);
-      tensor y = tensor::from_shape({s.N, s.O, s.OH(), s.OW()});
+      reshape_for(y, {s.N, s.O, s.OH(), s.OW()});
       conv2d_forward(s, x.data(), w, b, y.data());
-      return y;
+      return;
     }
     const std::size_t N = x.shape(0), in = linear_->in_features(), out = linear_->out_features();
-    tensor y = tensor::from_shape({N, out});
+    reshape_for(y, {N, out});
     gemm(transpose::no, transpose::yes, N, out, in, 1.0f, x.data(), in, w, in, 0.0f, y.data(),
          out);
     if (b)
       for (std::size_t n = 0; n < N; ++n) qkit::add(y.data() + n * out, b, y.data() + n * out, out);
-    return y;
   }
 
   /// dw = ∂(Σ dy·y)/∂w for y = layer(x) (overwrites dw, the weight's size).
@@ -72,6 +78,11 @@ class layer_kernel {
   }
 
  private:
+  static void reshape_for(tensor& y, shape_type shape) {
+    if (!std::equal(y.shape().begin(), y.shape().end(), shape.begin(), shape.end()))
+      y = tensor::from_shape(shape);
+  }
+
   const nn::conv2d* conv_ = nullptr;
   const nn::linear* linear_ = nullptr;
 };
@@ -263,14 +274,20 @@ std::pair<tensor, tensor> capture(Sim& sim, const data::dataset& ds, std::size_t
   return {std::move(obs.in.rows), std::move(obs.out.rows)};
 }
 
-/// Rows `idx` of a [N, ...] buffer as one [idx.size(), ...] batch.
-inline tensor gather_rows(const tensor& rows, const std::size_t* idx, std::size_t count) {
+/// Rows `idx` of a [N, ...] buffer as one [count, ...] batch, into `b` (reusing its memory when
+/// the shape is the same).
+inline void gather_rows(const tensor& rows, const std::size_t* idx, std::size_t count, tensor& b) {
   shape_type shape(rows.shape().begin(), rows.shape().end());
   const std::size_t per = rows.size() / shape[0];
   shape[0] = count;
-  tensor b = tensor::from_shape(shape);
+  if (!std::equal(b.shape().begin(), b.shape().end(), shape.begin(), shape.end()))
+    b = tensor::from_shape(shape);
   for (std::size_t i = 0; i < count; ++i)
     std::copy_n(rows.data() + idx[i] * per, per, b.data() + i * per);
+}
+inline tensor gather_rows(const tensor& rows, const std::size_t* idx, std::size_t count) {
+  tensor b;
+  gather_rows(rows, idx, count, b);
   return b;
 }
 
