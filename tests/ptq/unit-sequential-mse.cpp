@@ -11,6 +11,7 @@
 #include <qkit/ptq/sequential_mse.hpp>
 #include <qkit/sim/calibrate.hpp>
 #include <qkit/sim/quantsim.hpp>
+#include <qkit/tensor/thread_pool.hpp>
 
 using namespace qkit;
 using namespace qkit::nn;
@@ -145,4 +146,26 @@ TEST_CASE("sequential MSE: bad input is refused and leaves the simulation as it 
   CHECK_THROWS_WITH_AS(ptq::apply_sequential_mse(sim, data::dataset(bad)),
                        doctest::Contains("sample 3"), calibration_error);
   CHECK(sim.summary() == before);
+}
+
+TEST_CASE("sequential MSE: the same encodings with 1 and 2 threads and again") {
+  const data::dataset ds(normal_tensor({128, 3, 8, 8}, 12));
+  auto run = [&](std::size_t threads) {
+    set_num_threads(threads);
+    auto model = sequential(conv2d(3, 16, 3, {.padding = 1}), relu(), conv2d(16, 8, 1));
+    std::mt19937 rng(13);
+    model.get<0>().reset_parameters(rng);
+    model.get<2>().reset_parameters(rng);
+    quantsim<decltype(model), presets::w4a8_per_channel> sim(model, data::first(ds, 1).samples());
+    ptq::sequential_mse_options o;
+    o.num_batches = 4;
+    o.calibration_samples = 128;
+    (void)ptq::apply_sequential_mse(sim, ds, o);
+    return sim.encodings();
+  };
+  const auto one = run(1), two = run(2), again = run(2);
+  set_num_threads(2);
+  CHECK(one.param_encodings == two.param_encodings);
+  CHECK(one.activation_encodings == two.activation_encodings);
+  CHECK(two.param_encodings == again.param_encodings);
 }
