@@ -256,6 +256,29 @@ TEST_CASE("adaround: the same call gives bit-identical weights with 1 and 2 thre
   CHECK(weights_of(sim.model()) == one);
 }
 
+TEST_CASE("adaround: with activation quantizers kept on, the inputs are the quantized ones") {
+  // The layers then read quantized activations (the model input, the ReLU's output, ...): the
+  // cached inputs, and so the rounding, differ from the float-input run; the activation
+  // quantizers end as they were placed, with encodings.
+  auto model = small_conv_model(51);
+  const data::dataset ds(normal_tensor({96, 2, 8, 8}, 52));
+  auto run = [&](bool quantized) {
+    // 3-bit activations: coarse enough that the inputs' quantization changes the rounding.
+    quantsim<decltype(model), sim_preset<4, 3>> sim(model, data::first(ds, 1).samples());
+    auto o = quick(300);
+    o.quantized_activations = quantized;
+    const auto r = ptq::adaround(sim, ds, o);
+    CHECK(r.layers.size() == 4);
+    CHECK(sim.activation_quantizer("1").enabled());
+    CHECK(sim.activation_quantizer("1").has_encodings());
+    return weights_of(sim.model());
+  };
+  const auto off = run(false), on = run(true);
+  bool differs = false;
+  for (std::size_t i = 0; i < off.size(); ++i) differs |= off[i] != on[i];
+  CHECK(differs);
+}
+
 TEST_CASE("apply_adaround: a fresh QuantSim of the returned model loads its encodings file") {
   auto model = small_conv_model(21);
   const data::dataset ds(normal_tensor({128, 2, 8, 8}, 22));
