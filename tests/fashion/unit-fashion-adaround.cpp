@@ -16,14 +16,21 @@ using namespace qkit;
 
 namespace {
 
+// The sanitizer build evaluates fewer test images (QKIT_FASHION_TEST_IMAGES) and is 5-10x
+// slower: there AdaRound runs a few steps on fewer images, to prove the pass is clean under
+// ASan/UBSan on the real model, and the accuracy targets (which need the full run) are not
+// asserted. The normal build asserts them.
+constexpr bool reduced = QKIT_FASHION_TEST_IMAGES > 0;
 // Steps per layer in CI (AIMET: 10,000, or 15,000 under 8 bits).
-constexpr std::size_t ci_iterations = 2000;
+constexpr std::size_t ci_iterations = reduced ? 100 : 2000;
+constexpr std::size_t ci_samples = reduced ? 256 : 1000;
 
 template <class Preset>
 double repaired(const fashion::repair& r) {
   const auto& d = fashion_test::fixture();
   fashion::repair_settings s;
   s.adaround_iterations = ci_iterations;
+  s.adaround_samples = ci_samples;
   const auto res = fashion::simulate_repaired<Preset>(d.model, r, d.calib, d.test, s);
   std::printf("adaround: %-44s %.2f%% (%.1f s)\n", res.label.c_str(), 100 * res.accuracy,
               res.calibration_seconds);
@@ -45,18 +52,20 @@ TEST_CASE("AdaRound on the trained model: W4A8 per-channel within 0.7% of FP32, 
                                                                data::first(d.test, 1).samples());
   ptq::adaround_options o;
   o.iterations = ci_iterations;
+  o.samples = ci_samples;
   o.verbose = false;
   const auto report = ptq::adaround(sim, d.calib, o);
   std::printf("%s", report.summary().c_str());
   CHECK(report.layers.size() == 12);
-  for (const auto& l : report.layers) {
-    CAPTURE(l.layer);
-    CHECK(l.adaround_loss < l.nearest_loss);  // every layer reconstructs better than nearest
-  }
+  if (!reduced)
+    for (const auto& l : report.layers) {
+      CAPTURE(l.layer);
+      CHECK(l.adaround_loss < l.nearest_loss);  // every layer reconstructs better than nearest
+    }
   const double acc = nn::evaluate(sim, d.test);
   std::printf("adaround: %-44s %.2f%% (%.1f s)\n", "W4A8 per-channel, AdaRound", 100 * acc,
               report.seconds);
-  CHECK(acc >= f - 0.007);
+  if (!reduced) CHECK(acc >= f - 0.007);
 #if defined(QKIT_WITH_ONNX)
   // The rounded weights and frozen encodings export like any other simulation.
   fashion_test::compare_with_ort(sim, "fashion_w4a8_pc_adaround", "disabled", 0.999, 1.0);
@@ -65,12 +74,14 @@ TEST_CASE("AdaRound on the trained model: W4A8 per-channel within 0.7% of FP32, 
 
 TEST_CASE("AdaRound on the trained model: W4A8 per-tensor after CLE within 1.5% of FP32") {
   const double f = fp32();
-  CHECK(repaired<presets::w4a8>({.cle = true, .adaround = true}) >= f - 0.015);
+  const double acc = repaired<presets::w4a8>({.cle = true, .adaround = true});
+  if (!reduced) CHECK(acc >= f - 0.015);
 }
 
 TEST_CASE("AdaRound on the trained model: W8A8 per-tensor within 0.2% of FP32") {
   const double f = fp32();
-  CHECK(repaired<presets::w8a8>({.adaround = true}) >= f - 0.002);
+  const double acc = repaired<presets::w8a8>({.adaround = true});
+  if (!reduced) CHECK(acc >= f - 0.002);
 }
 
 TEST_CASE("Sequential MSE on the trained model: W4A8 per-channel, against min-max ranges") {
@@ -78,5 +89,5 @@ TEST_CASE("Sequential MSE on the trained model: W4A8 per-channel, against min-ma
   const double seq = repaired<presets::w4a8_per_channel>({.sequential_mse = true});
   // Reported in docs/ptq.md; the ranges it picks reconstruct each layer at least as well as
   // min-max (unit-tested), which on this model must not cost accuracy beyond noise.
-  CHECK(seq >= none - 0.002);
+  if (!reduced) CHECK(seq >= none - 0.002);
 }
