@@ -51,7 +51,8 @@ qkit::tensor ramp(const qkit::shape_type& shape, float scale) {
 }
 bool same(const qkit::tensor& a, const qkit::tensor& b) {
   if (a.shape() != b.shape()) return false;
-  return std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+  // An empty tensor's data() may be null, and memcmp on null is undefined (UBSan says so).
+  return a.size() == 0 || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
 // Minimal zip builder for reader tests: deflated (or stored) entries, optionally with numpy's
