@@ -93,7 +93,7 @@ precision_result simulate_repaired(const Model& model, const repair& r,
     o.samples = settings.adaround_samples;
     o.iterations = settings.adaround_iterations;
     o.calibration_samples = settings.calibration_samples;
-    o.verbose = settings.verbose;
+    o.verbose = true;  // minutes per row: a progress line per layer on stderr
     const auto report = qkit::ptq::adaround(sim, calib, o);
     if (settings.verbose) std::printf("%s", report.summary().c_str());
   } else if (r.sequential_mse) {

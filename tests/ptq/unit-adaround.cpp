@@ -16,19 +16,15 @@
 #include <qkit/sim/quantsim.hpp>
 #include <qkit/tensor/thread_pool.hpp>
 
+#include "ptq_test_util.hpp"
+
 using namespace qkit;
 using namespace qkit::nn;
 namespace am = qkit::ptq::adaround_math;
 
 namespace {
 
-tensor normal_tensor(shape_type shape, std::uint32_t seed, float stddev = 1.0f) {
-  tensor x = tensor::from_shape(shape);
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.0f, stddev);
-  for (auto& v : x) v = d(rng);
-  return x;
-}
+using ptq_test::normal_tensor;
 
 auto small_conv_model(std::uint32_t seed) {
   auto m = sequential(conv2d(2, 8, 3, {.padding = 1}), relu(),

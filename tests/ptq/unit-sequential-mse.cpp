@@ -13,18 +13,14 @@
 #include <qkit/sim/quantsim.hpp>
 #include <qkit/tensor/thread_pool.hpp>
 
+#include "ptq_test_util.hpp"
+
 using namespace qkit;
 using namespace qkit::nn;
 
 namespace {
 
-tensor normal_tensor(shape_type shape, std::uint32_t seed, float stddev = 1.0f) {
-  tensor x = tensor::from_shape(shape);
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.0f, stddev);
-  for (auto& v : x) v = d(rng);
-  return x;
-}
+using ptq_test::normal_tensor;
 
 // AIMET's symmetric grid of absmax at bw bits: delta = absmax / (2^(bw-1) - 1),
 // integers [-2^(bw-1), 2^(bw-1) - 1], round half to even.
