@@ -275,6 +275,19 @@ TEST_CASE("adaround: with activation quantizers kept on, the inputs are the quan
   CHECK(differs);
 }
 
+TEST_CASE("adaround: float16 and 32-bit weights are not on an integer grid: skipped, unchanged") {
+  auto model = small_conv_model(61);
+  const data::dataset ds(normal_tensor({32, 2, 8, 8}, 62));
+  quantsim<decltype(model), presets::fp16> half(model, data::first(ds, 1).samples());
+  const auto r16 = ptq::adaround(half, ds, quick(10));
+  CHECK(r16.layers.empty());
+  CHECK(r16.skipped.size() == 4);
+  CHECK(weights_of(half.model()) == weights_of(model));
+  quantsim<decltype(model), presets::fp32> full(model, data::first(ds, 1).samples());
+  CHECK(ptq::adaround(full, ds, quick(10)).skipped.size() == 4);
+  CHECK(weights_of(full.model()) == weights_of(model));
+}
+
 TEST_CASE("apply_adaround: a fresh QuantSim of the returned model loads its encodings file") {
   auto model = small_conv_model(21);
   const data::dataset ds(normal_tensor({128, 2, 8, 8}, 22));
