@@ -33,7 +33,9 @@
 #include <filesystem>
 #include <functional>
 #include <limits>
+#include <numbers>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <string>
@@ -154,17 +156,19 @@ namespace adaround_math {
 
 inline constexpr float zeta = 1.1f, gamma = -0.1f;
 
-/// h(α) = clamp(σ(α)(ζ − γ) + γ, 0, 1).
-inline float rectified_sigmoid(float alpha) {
-  const float s = 1.0f / (1.0f + std::exp(-alpha));
-  return std::clamp(s * (zeta - gamma) + gamma, 0.0f, 1.0f);
-}
-/// dh/dα: (ζ − γ)σ(1 − σ) where the clamp passes (inclusive, as torch.clamp), 0 outside.
-inline float rectified_sigmoid_grad(float alpha) {
+/// h(α) = clamp(σ(α)(ζ − γ) + γ, 0, 1) and dh/dα = (ζ − γ)σ(1 − σ) where the clamp passes
+/// (inclusive, as torch.clamp), 0 outside: one exp for both.
+struct rectified {
+  float h, dh;
+};
+inline rectified rectified_sigmoid_and_grad(float alpha) {
   const float s = 1.0f / (1.0f + std::exp(-alpha));
   const float raw = s * (zeta - gamma) + gamma;
-  return raw >= 0.0f && raw <= 1.0f ? (zeta - gamma) * s * (1.0f - s) : 0.0f;
+  return {std::clamp(raw, 0.0f, 1.0f),
+          raw >= 0.0f && raw <= 1.0f ? (zeta - gamma) * s * (1.0f - s) : 0.0f};
 }
+inline float rectified_sigmoid(float alpha) { return rectified_sigmoid_and_grad(alpha).h; }
+inline float rectified_sigmoid_grad(float alpha) { return rectified_sigmoid_and_grad(alpha).dh; }
 /// α with h(α) = r for r in [0, 1): −log((ζ − γ)/(r − γ) − 1).
 inline float initial_alpha(float r) { return -std::log((zeta - gamma) / (r - gamma) - 1.0f); }
 
@@ -183,7 +187,7 @@ inline float beta_at(std::size_t it, std::size_t iterations, double warm_start, 
                      float end) {
   const double warm = double(warm_start) * double(iterations);
   const double rel = (double(it) - warm) / (double(iterations) - warm);
-  return float(end + 0.5 * (start - end) * (1.0 + std::cos(rel * 3.14159265358979323846)));
+  return float(end + 0.5 * (start - end) * (1.0 + std::cos(rel * std::numbers::pi)));
 }
 inline bool regularized(std::size_t it, std::size_t iterations, double warm_start) {
   return double(it) >= double(warm_start) * double(iterations);
@@ -231,11 +235,10 @@ struct rounding_problem {
     parallel_for(0, K, 4096, [&](std::size_t lo, std::size_t hi) {
       for (std::size_t k = lo; k < hi; ++k) {
         const grid_params& p = grid_of(k);
-        const float a = alpha.data()[k];
-        const float hk = adaround_math::rectified_sigmoid(a);
-        h.data()[k] = hk;
-        dh.data()[k] = adaround_math::rectified_sigmoid_grad(a);
-        soft.data()[k] = p.scale * std::clamp(floor_w.data()[k] + hk, p.lo, p.hi);
+        const auto r = adaround_math::rectified_sigmoid_and_grad(alpha.data()[k]);
+        h.data()[k] = r.h;
+        dh.data()[k] = r.dh;
+        soft.data()[k] = p.scale * std::clamp(floor_w.data()[k] + r.h, p.lo, p.hi);
       }
     });
   }
@@ -271,32 +274,16 @@ struct rounding_problem {
   }
 };
 
-/// Reconstruction loss Σ(a − y)² / (B·P) of z (before the fused activation) against target y
-/// (when want_loss; else 0), and, if dz is given, its gradient in z. P = positions per channel
-/// (1 for linear).
-inline double reconstruction(const tensor& z, const tensor& y, const fused_activation& act,
-                             tensor* dz, bool want_loss = true) {
+/// Reconstruction loss Σ(a − y)² / (B·P) of z (before the fused activation) against target y,
+/// P = positions per channel (1 for linear).
+inline double reconstruction(const tensor& z, const tensor& y, const fused_activation& act) {
   const std::size_t B = z.shape(0), O = z.shape(1), n = z.size();
   const double norm = double(B) * double(n / (B * O));
-  const float lo = act.lo, hi = act.hi, scale = float(2.0 / norm);
   const bool clip = act.present();
-  if (dz) {
-    if (dz->shape() != z.shape()) *dz = tensor::from_shape(z.shape());
-    float* g = dz->data();
-    parallel_for(0, n, 8192, [&](std::size_t b, std::size_t e) {
-      for (std::size_t i = b; i < e; ++i) {
-        const float v = z.data()[i];
-        const bool pass = !clip || (v > lo && v < hi);
-        const float a = clip ? std::clamp(v, lo, hi) : v;
-        g[i] = pass ? scale * (a - y.data()[i]) : 0.0f;
-      }
-    });
-  }
-  if (!want_loss) return 0.0;
   double s = 0.0;
   for (std::size_t i = 0; i < n; ++i) {
     const float v = z.data()[i];
-    const double d = double(clip ? std::clamp(v, lo, hi) : v) - double(y.data()[i]);
+    const double d = double(clip ? std::clamp(v, act.lo, act.hi) : v) - double(y.data()[i]);
     s += d * d;
   }
   return s / norm;
@@ -304,7 +291,7 @@ inline double reconstruction(const tensor& z, const tensor& y, const fused_activ
 
 /// One step's reconstruction, fused: z (before the fused activation, for the B samples whose
 /// targets are rows idx of `targets`) is overwritten by the gradient of the loss in z; returns
-/// the loss when want_loss. The same arithmetic as reconstruction(), without copying targets.
+/// the loss when want_loss (reconstruction()'s arithmetic, without copying targets).
 inline double reconstruction_step(tensor& z, const tensor& targets, const std::size_t* idx,
                                   const fused_activation& act, bool want_loss) {
   const std::size_t B = z.shape(0), O = z.shape(1), n = z.size(), per = n / B;
@@ -349,7 +336,7 @@ inline double cached_loss(const layer_kernel& k, const tensor& inputs, const ten
   for (std::size_t first = 0; first < N; first += batch) {
     const std::size_t n = std::min(batch, N - first);
     const tensor z = k.forward(slice_rows(inputs, first, n), w, b);
-    total += reconstruction(z, slice_rows(targets, first, n), act, nullptr) * double(n);
+    total += reconstruction(z, slice_rows(targets, first, n), act) * double(n);
   }
   return total / double(N);
 }
@@ -495,12 +482,8 @@ adaround_report adaround(Sim& sim, const data::dataset& data, const adaround_opt
       qkit::calibrate(sim, data, options.calibration_samples, options.capture_batch_size);
 
     // Activation quantizers off while rounding (unless asked), as AIMET has them.
-    std::vector<std::pair<std::string, bool>> act_enabled;
-    sim.for_each_quantizer([&](const std::string& name, quantizer_kind kind, auto& q) {
-      if (kind == quantizer_kind::param) return;
-      act_enabled.emplace_back(name, q.enabled());
-      if (!options.quantized_activations) q.set_enabled(false);
-    });
+    std::optional<detail::activations_off<Sim>> acts_off;
+    if (!options.quantized_activations) acts_off.emplace(sim);
 
     // The FP32 weights, for the targets (the simulation's own weights are rounded as we go).
     std::vector<std::pair<nn::weighted_layer*, tensor>> fp32_weights;
@@ -526,22 +509,22 @@ adaround_report adaround(Sim& sim, const data::dataset& data, const adaround_opt
       // Inputs as the simulation computes them now; targets from the FP32 model.
       tensor inputs = detail::capture(sim, data, samples, options.capture_batch_size, node.name,
                                       {}, "adaround").first;
-      tensor targets;
-      {
-        const auto state = sim.snapshot();
-        for (auto& [l, w] : fp32_weights) std::swap(l->weight(), w);
-        try {
-          sim.set_all_enabled(false);
-          targets = detail::capture(sim, data, samples, options.capture_batch_size, {},
-                                    act.present() ? act.node : node.name, "adaround").second;
-        } catch (...) {
-          for (auto& [l, w] : fp32_weights) std::swap(l->weight(), w);
-          sim.restore(state);
-          throw;
+      // The FP32 weights swapped in for the capture and back out, also if it throws.
+      struct weight_swap {
+        decltype(fp32_weights)& w;
+        explicit weight_swap(decltype(fp32_weights)& v) : w(v) { swap(); }
+        ~weight_swap() { swap(); }
+        void swap() {
+          for (auto& [l, t] : w) std::swap(l->weight(), t);
         }
-        for (auto& [l, w] : fp32_weights) std::swap(l->weight(), w);
-        sim.restore(state);
-      }
+      };
+      const tensor targets = [&] {
+        const weight_swap fp32(fp32_weights);
+        return detail::with_quantizers_off(sim, [&] {
+          return detail::capture(sim, data, samples, options.capture_batch_size, {},
+                                 act.present() ? act.node : node.name, "adaround").second;
+        });
+      }();
 
       const std::string bname = node.name + ".bias";
       const tensor bias = !layer.has_bias()          ? tensor()
@@ -600,7 +583,7 @@ adaround_report adaround(Sim& sim, const data::dataset& data, const adaround_opt
       report.layers.push_back(line);
     }
 
-    for (const auto& [name, on] : act_enabled) sim.set_enabled(name, on);
+    if (acts_off) acts_off->restore();
     if (options.recalibrate) {
       qkit::calibrate(sim, data, options.calibration_samples, options.capture_batch_size);
       report.recalibrated = true;

@@ -254,12 +254,10 @@ bias_correction_report correct_bias(Sim& sim, const data::dataset& samples,
       empirical.push_back(layers[i]->name);
     }
     detail::channel_mean_observer fp32(empirical);
-    if (!empirical.empty()) {
-      const auto quantized = sim.snapshot();
-      sim.set_all_enabled(false);
-      detail::forward_samples(sim, samples, options.samples, options.batch_size, fp32);
-      sim.restore(quantized);
-    }
+    if (!empirical.empty())
+      detail::with_quantizers_off(sim, [&] {
+        detail::forward_samples(sim, samples, options.samples, options.batch_size, fp32);
+      });
 
     for (std::size_t i = 0; i < layers.size(); ++i) {
       const auto& node = *layers[i];

@@ -31,6 +31,7 @@
 #include "../tensor/elementwise.hpp"
 #include "../tensor/gemm.hpp"
 #include "../tensor/tensor.hpp"
+#include "pass_guard.hpp"
 
 namespace qkit::ptq::detail {
 
@@ -178,16 +179,7 @@ void check_cache_bounds(Sim& sim, const data::dataset& ds,
                         const std::vector<const nn::dataflow_node*>& layers, std::size_t samples,
                         std::size_t bound, cache_layout layout, const char* pass,
                         const char* option) {
-  const auto state = sim.snapshot();
-  sim.set_all_enabled(false);
-  tensor_sizes sizes;
-  try {
-    sizes = sizes_per_sample(sim, ds);
-  } catch (...) {
-    sim.restore(state);
-    throw;
-  }
-  sim.restore(state);
+  const tensor_sizes sizes = with_quantizers_off(sim, [&] { return sizes_per_sample(sim, ds); });
   for (const auto* n : layers) {
     const auto act = activation_after(sim.dataflow(), *n);
     const std::string out = layout.after_activation && act.present() ? act.node : n->name;

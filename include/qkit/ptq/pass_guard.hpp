@@ -76,6 +76,41 @@ struct parameter_backup {
   }
 };
 
+/// Runs f with every quantizer of `sim` off (the FP32 model), then puts the quantizers back,
+/// also when f throws. Returns what f returns.
+template <class Sim, class F>
+decltype(auto) with_quantizers_off(Sim& sim, F&& f) {
+  const auto state = sim.snapshot();
+  sim.set_all_enabled(false);
+  struct restorer {
+    Sim& sim;
+    const decltype(state)& s;
+    ~restorer() { sim.restore(s); }
+  } put_back{sim, state};
+  return std::forward<F>(f)();
+}
+
+/// Turns every activation quantizer (the model input's too) off, as AdaRound and Sequential
+/// MSE run; restore() turns each back to what it was.
+template <class Sim>
+class activations_off {
+ public:
+  explicit activations_off(Sim& sim) : sim_(sim) {
+    sim.for_each_quantizer([&](const std::string& name, quantizer_kind kind, auto& q) {
+      if (kind == quantizer_kind::param) return;
+      saved_.emplace_back(name, q.enabled());
+      q.set_enabled(false);
+    });
+  }
+  void restore() {
+    for (const auto& [name, on] : saved_) sim_.set_enabled(name, on);
+  }
+
+ private:
+  Sim& sim_;
+  std::vector<std::pair<std::string, bool>> saved_;
+};
+
 /// Runs f; if it throws, every weight, bias and quantizer of `sim` is put back first.
 template <class Sim, class F>
 void all_or_nothing(Sim& sim, F&& f) {

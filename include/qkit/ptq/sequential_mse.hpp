@@ -192,12 +192,7 @@ sequential_mse_report apply_sequential_mse(Sim& sim, const data::dataset& data,
 
   detail::all_or_nothing(sim, [&] {
     sim.compute_param_encodings();
-    std::vector<std::pair<std::string, bool>> act_enabled;
-    sim.for_each_quantizer([&](const std::string& name, quantizer_kind kind, auto& q) {
-      if (kind == quantizer_kind::param) return;
-      act_enabled.emplace_back(name, q.enabled());
-      q.set_enabled(false);
-    });
+    detail::activations_off<Sim> acts_off(sim);
 
     for (std::size_t li = 0; li < layers.size(); ++li) {
       const nn::dataflow_node& node = *layers[li];
@@ -212,18 +207,11 @@ sequential_mse_report apply_sequential_mse(Sim& sim, const data::dataset& data,
       if (options.inputs != input_symmetry::symfp)
         xq = detail::capture(sim, data, samples, options.batch_size, node.name, {},
                              "sequential MSE").first;
-      if (fp_inputs) {
-        const auto state = sim.snapshot();
-        sim.set_all_enabled(false);
-        try {
-          xf = detail::capture(sim, data, samples, options.batch_size, node.name, {},
-                               "sequential MSE").first;
-        } catch (...) {
-          sim.restore(state);
-          throw;
-        }
-        sim.restore(state);
-      }
+      if (fp_inputs)
+        xf = detail::with_quantizers_off(sim, [&] {
+          return detail::capture(sim, data, samples, options.batch_size, node.name, {},
+                                 "sequential MSE").first;
+        });
       const tensor& x_quant = options.inputs == input_symmetry::symfp ? xf : xq;
       const tensor& x_ref = options.inputs == input_symmetry::symqt ? xq : xf;
 
@@ -294,7 +282,7 @@ sequential_mse_report apply_sequential_mse(Sim& sim, const data::dataset& data,
       report.layers.push_back(std::move(line));
     }
 
-    for (const auto& [name, on] : act_enabled) sim.set_enabled(name, on);
+    acts_off.restore();
     if (options.recalibrate) {
       qkit::calibrate(sim, data, options.calibration_samples);
       report.recalibrated = true;
