@@ -19,7 +19,6 @@
 #include <filesystem>
 #include <optional>
 #include <string>
-#include <unistd.h>
 
 #include <qkit/data/dataset.hpp>
 #include <qkit/io/idx.hpp>
@@ -110,35 +109,6 @@ qkit::data::dataset load_split(const std::string& dir, bool train) {
   return qkit::data::dataset(std::move(d.images), d.labels);
 }
 
-/// Progress on one line rewritten with \r on a terminal; plain lines (a few per epoch) when
-/// the output is a file or a pipe.
-class progress_printer {
- public:
-  progress_printer() : tty_(isatty(fileno(stdout)) != 0) {}
-  void operator()(const fashion::epoch_progress& p) {
-    const bool last = p.seen == p.total;
-    if (tty_) {
-      constexpr int width = 30;
-      const int filled = int(double(width) * double(p.seen) / double(p.total));
-      std::printf("\repoch %zu/%zu [%s%s] %5zu/%zu  loss %.4f  acc %6.2f%%  %6.0f img/s",
-                  p.epoch, p.epochs, std::string(std::size_t(filled), '=').c_str(),
-                  std::string(std::size_t(width - filled), ' ').c_str(), p.seen, p.total, p.loss,
-                  100.0 * p.accuracy, p.images_per_second);
-      if (last) std::printf("\n");
-      std::fflush(stdout);
-    } else if (last || p.seen >= next_line_) {
-      std::printf("epoch %zu/%zu  %5zu/%zu  loss %.4f  acc %6.2f%%  %6.0f img/s\n", p.epoch,
-                  p.epochs, p.seen, p.total, p.loss, 100.0 * p.accuracy, p.images_per_second);
-      std::fflush(stdout);
-      next_line_ = last ? p.total / 4 : p.seen + p.total / 4;
-    }
-  }
-
- private:
-  bool tty_;
-  std::size_t next_line_ = 0;
-};
-
 /// Loads OUT/fashion_mobilenet.npz if present (unless --retrain); otherwise trains and saves.
 template <class Model>
 void train_or_load(Model& model, const options& o, const std::filesystem::path& weights) {
@@ -160,8 +130,8 @@ void train_or_load(Model& model, const options& o, const std::filesystem::path& 
   fashion::train_recipe recipe;
   recipe.epochs = o.epochs;
   recipe.seed = o.seed;
-  recipe.batches.fill = (0.0f - fashion::pixel_mean) / fashion::pixel_std;
-  fashion::train(model, train_set, recipe, progress_printer());
+  recipe.augment.fill = (0.0f - fashion::pixel_mean) / fashion::pixel_std;
+  fashion::train(model, train_set, recipe, /*verbose=*/true);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("trained in %.1f s (%.1f s per epoch)\n", secs, secs / double(o.epochs));
   qkit::nn::save_weights(model, weights);

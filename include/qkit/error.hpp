@@ -34,6 +34,8 @@ QKIT_DEFINE_ERROR(calibration_error, "calibration error")
 /// 0, no data where some is needed, no labels where they are needed, a label a model cannot
 /// predict.
 QKIT_DEFINE_ERROR(data_error, "data error")
+/// Training that cannot go on: a loss or a layer output that became NaN or Inf.
+QKIT_DEFINE_ERROR(training_error, "training error")
 
 #undef QKIT_DEFINE_ERROR
 

@@ -17,6 +17,7 @@
 #include "quant/encoding_json.hpp"
 #include "quant/fp16.hpp"
 #include "quant/qdq.hpp"
+#include "quant/ste.hpp"
 
 #include "calib/range_setter.hpp"
 #include "calib/stats.hpp"
@@ -29,6 +30,7 @@
 
 #include "data/dataset.hpp"
 #include "data/batch.hpp"
+#include "data/augment.hpp"
 
 #include "nn/nn.hpp"
 #include "nn/batch_norm_fold.hpp"

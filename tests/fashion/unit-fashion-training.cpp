@@ -34,7 +34,7 @@ TEST_CASE("training: one epoch of the example's recipe reaches 80% test accuracy
   fashion::train_recipe recipe;
   recipe.epochs = 1;
   recipe.seed = 1;
-  recipe.batches.fill = (0.0f - fashion::pixel_mean) / fashion::pixel_std;
+  recipe.augment.fill = (0.0f - fashion::pixel_mean) / fashion::pixel_std;
 
   // The premise: the model as training starts from it (same seed) is at chance.
   auto model = fashion::make_model();

@@ -78,16 +78,13 @@ TEST_CASE("fashion MobileNet: training steps on real images lower the loss") {
   auto model = fashion::make_model();
   qkit::nn::init_parameters(model, 3);
   qkit::nn::sgd opt({.lr = 0.05f, .momentum = 0.9f});
-  fashion::train_settings s;
-  s.batch_size = 64;
-  s.flip = false;
-  s.max_shift = 0;
+  qkit::nn::fit_options o;
+  o.epochs = 4;
+  o.seed = 0;
+  o.lr = {.base = 0.05f, .cosine = false};
   std::vector<double> losses;
-  for (std::uint32_t epoch = 0; epoch < 4; ++epoch) {
-    auto p = fashion::train_epoch(model, opt, data, s, epoch,
-                                  [](std::size_t) { return 0.05f; }, nullptr);
-    losses.push_back(p.loss);
-  }
+  o.on_epoch = [&](const qkit::nn::epoch_result& e) { losses.push_back(e.loss); };
+  (void)qkit::nn::fit(model, opt, data, o);
   CHECK(losses.back() < 0.8 * losses.front());
   const double acc = qkit::nn::evaluate(model, data, 128);
   CHECK(acc > 0.5);

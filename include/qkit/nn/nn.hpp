@@ -1,6 +1,6 @@
 // qkit/nn/nn.hpp — the whole layer engine in one include: layers, graph composition, visitors,
-// the dataflow view and float-graph rewrites (batch-norm folding), loss, optimizers and weight
-// files.
+// the dataflow view and float-graph rewrites (batch-norm folding), loss, optimizers, the
+// training loop and weight files.
 #pragma once
 
 #include "activation.hpp"
@@ -10,6 +10,7 @@
 #include "conv2d.hpp"
 #include "dataflow.hpp"
 #include "evaluate.hpp"
+#include "fit.hpp"
 #include "flatten.hpp"
 #include "graph.hpp"
 #include "layer.hpp"

@@ -49,7 +49,14 @@ class sgd {
 
   template <class Model>
   void step(Model& model) {
-    for_each_parameter(model, [&](const std::string& name, tensor& w, tensor* g) {
+    step_each([&](auto&& f) { for_each_parameter(model, f); });
+  }
+
+  /// One step over the parameters `for_each(f)` lists as f(name, value, grad-or-nullptr) —
+  /// e.g. a QuantSim's learned ranges (quantsim::for_each_encoding_parameter).
+  template <class ForEach>
+  void step_each(ForEach&& for_each) {
+    for_each([&](const std::string& name, tensor& w, tensor* g) {
       if (!g) return;
       detail::check_grad(name, w, *g);
       tensor& v = velocity_[name];
@@ -94,8 +101,15 @@ class adam {
 
   template <class Model>
   void step(Model& model) {
+    step_each([&](auto&& f) { for_each_parameter(model, f); });
+  }
+
+  /// One step (one count of t) over the parameters `for_each(f)` lists as f(name, value,
+  /// grad-or-nullptr) — e.g. a QuantSim's learned ranges.
+  template <class ForEach>
+  void step_each(ForEach&& for_each) {
     ++t_;
-    for_each_parameter(model, [&](const std::string& name, tensor& w, tensor* g) {
+    for_each([&](const std::string& name, tensor& w, tensor* g) {
       if (g) update(name, w, *g);
     });
   }

@@ -42,13 +42,10 @@
 #include <utility>
 #include <vector>
 
-#if defined(__unix__) || defined(__APPLE__)
-#include <unistd.h>
-#endif
-
 #include "../data/dataset.hpp"
 #include "../error.hpp"
 #include "../io/atomic_file.hpp"
+#include "../io/terminal.hpp"
 #include "../nn/optimizer.hpp"
 #include "../quant/qdq.hpp"
 #include "../sim/calibrate.hpp"
@@ -400,21 +397,12 @@ class layer_rounding {
   tensor xb_, z_;  // reused every step: same shapes
 };
 
-inline bool stderr_is_terminal() {
-#if defined(__unix__) || defined(__APPLE__)
-  return ::isatty(2) != 0;
-#else
-  return false;
-#endif
-}
-
 inline void print_progress(const adaround_progress& p, bool final_line) {
-  static const bool tty = stderr_is_terminal();
-  std::fprintf(stderr, "%sadaround [%zu/%zu] %-28s it %6zu/%zu  recon %.4g  round %.4g  beta %.2f%s",
-               tty ? "\r" : "", p.layer_index + 1, p.layers, p.layer.c_str(), p.iteration,
-               p.iterations, p.reconstruction_loss, p.rounding_loss, p.beta,
-               tty && !final_line ? "" : "\n");
-  std::fflush(stderr);
+  char line[256];
+  std::snprintf(line, sizeof line, "adaround [%zu/%zu] %-28s it %6zu/%zu  recon %.4g  round %.4g  beta %.2f",
+                p.layer_index + 1, p.layers, p.layer.c_str(), p.iteration, p.iterations,
+                p.reconstruction_loss, p.rounding_loss, p.beta);
+  io::progress_line(line, final_line);
 }
 
 }  // namespace detail

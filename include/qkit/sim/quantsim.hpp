@@ -41,6 +41,7 @@
 #include "../nn/batch_norm_fold.hpp"
 #include "quantizer.hpp"
 #include "../nn/dataflow.hpp"
+#include "../quant/ste.hpp"
 #include "model_validator.hpp"
 #include "sim_config.hpp"
 
@@ -104,6 +105,21 @@ enum class batch_norm_mode { fold, keep };
 struct quantsim_options {
   batch_norm_mode batch_norms = batch_norm_mode::fold;
 };
+
+/// What changes during QAT besides the model's parameters (AIMET's two modes).
+enum class qat_mode {
+  /// Weight encodings are recomputed from the weights at every training forward; activation
+  /// encodings stay as calibrated.
+  regular,
+  /// Every quantizer's range (min and max; max alone when symmetric; per channel where
+  /// per-channel) is a trainable parameter with AIMET's gradients (quant/ste.hpp). Frozen
+  /// quantizers (encodings from a file, AdaRound, encoding constraints) keep theirs.
+  range_learning,
+};
+
+/// The narrowest learned range: a step that would make max − min (or a symmetric max) smaller
+/// is clamped here, so the grid keeps a positive scale.
+inline constexpr double minimum_learned_range = 1e-6;
 
 /// What a forward observer may define (all optional, detected at compile time):
 ///   void model_input(const tensor& x, const tensor& x_quantized)
@@ -199,13 +215,125 @@ class quantsim {
         throw;
       }
     }
-    if (!passes_through(acts_[0])) {
-      tensor xq = acts_[0].qdq(x);
-      if constexpr (requires { observer.model_input(x, xq); }) observer.model_input(x, xq);
-      return nn::forward(*model_, xq, h);
+    if (training_) begin_recorded_forward();
+    tensor y = [&] {
+      if (!passes_through(acts_[0])) {
+        if (training_) record_pre_quantization(0, x);
+        tensor xq = acts_[0].qdq(x);
+        if constexpr (requires { observer.model_input(x, xq); }) observer.model_input(x, xq);
+        return nn::forward(*model_, xq, h);
+      }
+      if constexpr (requires { observer.model_input(x, x); }) observer.model_input(x, x);
+      return nn::forward(*model_, x, h);
+    }();
+    recorded_ = training_;
+    if (training_) recorded_output_shape_.assign(y.shape().begin(), y.shape().end());
+    return y;
+  }
+
+  // ---- training (QAT) ---------------------------------------------------------------------
+
+  /// Training mode: the model's layers train (a live batch norm uses batch statistics) and
+  /// every forward keeps what backward needs — each quantizer's input before quantization,
+  /// so the straight-through mask is the one of the forward that ran. In regular QAT the
+  /// weight encodings follow the weights at every training forward. Leaving training mode
+  /// installs the learned ranges as the quantizers' encodings (they are what export writes).
+  void set_training(bool on) {
+    QKIT_PRECONDITION(!calibrating_, error, "quantsim: set_training during compute_encodings");
+    nn::set_training(*model_, on);
+    training_ = on;
+    recorded_ = false;
+    if (qat_ == qat_mode::range_learning) install_learned_ranges();
+    if (!on) {
+      saved_.assign(acts_.size(), tensor());
+      saved_valid_.assign(acts_.size(), false);
     }
-    if constexpr (requires { observer.model_input(x, x); }) observer.model_input(x, x);
-    return nn::forward(*model_, x, h);
+  }
+  bool training() const { return training_; }
+
+  qat_mode qat() const { return qat_; }
+  /// Chooses regular QAT or range learning. Range learning starts from the current encodings:
+  /// every enabled integer quantizer below 32 bits that is not frozen needs them (a
+  /// calibration_error names the first that has none). Going back to regular keeps the
+  /// learned encodings.
+  void set_qat_mode(qat_mode m) {
+    if (m == qat_mode::range_learning) {
+      std::vector<learned_range> acts(acts_.size()), params(params_.size());
+      for (std::size_t i = 0; i < acts_.size(); ++i) acts[i] = start_learning(acts_[i]);
+      for (std::size_t i = 0; i < params_.size(); ++i) params[i] = start_learning(params_[i]);
+      act_ranges_ = std::move(acts);
+      param_ranges_ = std::move(params);
+    } else if (qat_ == qat_mode::range_learning) {
+      install_learned_ranges();
+      act_ranges_.clear();
+      param_ranges_.clear();
+    }
+    qat_ = m;
+  }
+
+  /// Back-propagates dy (∂L/∂output of the last training forward) through the simulation:
+  /// straight-through at every quantizer that quantized in that forward (per channel where
+  /// per-channel; float16 passes gradients where representable), parameter gradients
+  /// accumulate in the model's layers, and in range learning ∂L/∂min and ∂L/∂max accumulate
+  /// in the learned ranges (for_each_encoding_parameter). Returns ∂L/∂input.
+  tensor backward(const tensor& dy) {
+    QKIT_PRECONDITION(training_, error,
+                      "quantsim: backward needs training mode (call set_training(true), then "
+                      "forward, then backward)");
+    QKIT_PRECONDITION(recorded_, error,
+                      "quantsim: backward without a preceding training forward (call forward "
+                      "after set_training(true) and before backward)");
+    QKIT_PRECONDITION(dy.shape() == recorded_output_shape_, shape_error,
+                      "quantsim: backward got a gradient of shape ", shape_string(dy.shape()),
+                      ", the last forward's output has shape ",
+                      shape_string(recorded_output_shape_));
+    backward_hooks h{this};
+    tensor dx = nn::backward(*model_, dy, h);
+    act_backward(0, dx);
+    return dx;
+  }
+
+  /// Zeroes the model's gradients and those of the learned ranges.
+  void zero_grad() {
+    nn::zero_grad(*model_);
+    for (auto* ranges : {&act_ranges_, &param_ranges_})
+      for (auto& r : *ranges)
+        if (r.learned) {
+          r.dmin.fill(0.0f);
+          r.dmax.fill(0.0f);
+        }
+  }
+
+  /// f(const std::string& name, tensor& value, tensor* grad) for every learned range in range
+  /// learning: "<quantizer>.encoding_max" and, for asymmetric quantizers,
+  /// "<quantizer>.encoding_min" (one value per channel). An optimizer steps them like weights
+  /// (nn::sgd / nn::adam step_each); the next training forward clamps them to valid grids
+  /// (max − min ≥ minimum_learned_range, min ≤ 0 ≤ max) and uses them.
+  template <class F>
+  void for_each_encoding_parameter(F&& f) {
+    auto visit = [&](std::vector<learned_range>& ranges, const auto& qs) {
+      for (std::size_t i = 0; i < ranges.size(); ++i) {
+        auto& r = ranges[i];
+        if (!r.learned) continue;
+        if (!r.symmetric) f(qs[i].name() + ".encoding_min", r.min, &r.dmin);
+        f(qs[i].name() + ".encoding_max", r.max, &r.dmax);
+      }
+    };
+    visit(act_ranges_, acts_);
+    visit(param_ranges_, params_);
+  }
+
+  /// How many learned values were clamped back to a valid grid (or, not finite, put back to
+  /// their last valid value) since range learning started.
+  std::size_t clamped_range_updates() const { return clamped_; }
+
+  /// Makes the learned ranges the quantizers' encodings now (forward and set_training do it;
+  /// call it after an optimizer step to read or export them without a forward).
+  void install_learned_ranges() {
+    if (qat_ != qat_mode::range_learning) return;
+    for (std::size_t i = 0; i < act_ranges_.size(); ++i) install_learned(act_ranges_[i], acts_[i]);
+    for (std::size_t i = 0; i < param_ranges_.size(); ++i)
+      install_learned(param_ranges_[i], params_[i]);
   }
 
   // ---- layers ---------------------------------------------------------------------------
@@ -593,6 +721,152 @@ class quantsim {
     }
   };
 
+  // ---- QAT state ---------------------------------------------------------------------------
+
+  // One quantizer's learned range (range learning): one value per channel, float like every
+  // trainable parameter, with the last valid values a non-finite step falls back to.
+  struct learned_range {
+    bool learned = false;
+    bool symmetric = false;
+    tensor min, max, dmin, dmax;
+    std::vector<float> last_min, last_max;
+  };
+
+  struct backward_hooks : nn::no_hooks {
+    quantsim* sim;
+    explicit backward_hooks(quantsim* s) : sim(s) {}
+    template <class L>
+    void output_grad(const L& layer, tensor& g) {
+      auto it = sim->slots_.find(&layer);
+      if (it != sim->slots_.end() && it->second.output >= 0)
+        sim->act_backward(static_cast<std::size_t>(it->second.output), g);
+    }
+    template <class L>
+    void param_grad(const L& layer, std::string_view name, tensor& g) {
+      auto it = sim->slots_.find(&layer);
+      if (it == sim->slots_.end()) return;
+      const int idx = name == "weight" ? it->second.weight : name == "bias" ? it->second.bias : -1;
+      if (idx >= 0) sim->param_backward(static_cast<std::size_t>(idx), g);
+    }
+  };
+
+  template <class Q>
+  static learned_range start_learning(const Q& q) {
+    learned_range r;
+    if (!q.enabled() || q.frozen() || q.settings().dtype != dtype::integer || q.bitwidth() >= 32)
+      return r;
+    QKIT_PRECONDITION(q.has_encodings(), calibration_error,
+                      "quantsim: range learning starts from encodings, and quantizer '", q.name(),
+                      "' has none (call compute_encodings or load_encodings first)");
+    const auto& encs = q.encodings();
+    const std::size_t C = encs.size();
+    r.learned = true;
+    r.symmetric = q.settings().s.symmetric;
+    r.min = tensor::from_shape({C});
+    r.max = tensor::from_shape({C});
+    for (std::size_t c = 0; c < C; ++c) {
+      r.min(c) = static_cast<float>(encs[c].min);
+      r.max(c) = static_cast<float>(encs[c].max);
+    }
+    r.dmin = tensor::from_shape({C});
+    r.dmin.fill(0.0f);
+    r.dmax = r.dmin;
+    r.last_min.assign(r.min.begin(), r.min.end());
+    r.last_max.assign(r.max.begin(), r.max.end());
+    return r;
+  }
+
+  // Clamps a learned range to a valid grid and makes it the quantizer's encodings.
+  template <class Q>
+  void install_learned(learned_range& r, Q& q) {
+    if (!r.learned || q.frozen()) return;
+    const std::size_t C = r.max.size();
+    std::vector<encoding> encs(C);
+    for (std::size_t c = 0; c < C; ++c) {
+      double lo = r.min(c), hi = r.max(c);
+      bool changed = false;
+      if (!std::isfinite(lo) || !std::isfinite(hi)) {
+        lo = r.last_min[c];
+        hi = r.last_max[c];
+        changed = true;
+      }
+      if (r.symmetric) {
+        if (hi < minimum_learned_range) {
+          hi = minimum_learned_range;
+          changed = true;
+        }
+        // min is not learned: −max, or 0 on an unsigned-symmetric grid.
+        lo = lo >= 0.0 && q.settings().s.unsigned_symmetric ? 0.0 : -hi;
+      } else {
+        if (lo > 0.0) lo = 0.0, changed = true;  // zero stays representable
+        if (hi < 0.0) hi = 0.0, changed = true;
+        if (hi - lo < minimum_learned_range) hi = lo + minimum_learned_range, changed = true;
+      }
+      clamped_ += changed;
+      r.min(c) = static_cast<float>(lo);
+      r.max(c) = static_cast<float>(hi);
+      r.last_min[c] = r.min(c);
+      r.last_max[c] = r.max(c);
+      encs[c] = encoding_from_range(r.min(c), r.max(c), q.bitwidth(), q.settings().s);
+    }
+    q.set_encodings(std::move(encs));
+  }
+
+  void begin_recorded_forward() {
+    if (qat_ == qat_mode::range_learning) install_learned_ranges();
+    if (saved_.size() != acts_.size()) saved_.assign(acts_.size(), tensor());
+    saved_valid_.assign(acts_.size(), false);
+    param_used_.assign(params_.size(), false);
+    recorded_ = false;
+  }
+
+  void record_pre_quantization(std::size_t i, const tensor& x) {
+    tensor& s = saved_[i];
+    if (s.shape() != x.shape()) s = tensor::from_shape(x.shape());
+    std::copy(x.begin(), x.end(), s.begin());
+    saved_valid_[i] = true;
+  }
+
+  void act_backward(std::size_t i, tensor& g) {
+    if (i >= saved_valid_.size() || !saved_valid_[i]) return;  // it did not quantize
+    ste_at(acts_[i], act_ranges_.empty() ? nullptr : &act_ranges_[i], saved_[i], g);
+  }
+  void param_backward(std::size_t i, tensor& g) {
+    if (i >= param_used_.size() || !param_used_[i]) return;
+    ste_at(params_[i], param_ranges_.empty() ? nullptr : &param_ranges_[i], *param_values_[i], g);
+  }
+
+  // The straight-through backward of one quantizer at x (its input in the forward), and in
+  // range learning the gradients of its learned range.
+  template <class Q>
+  void ste_at(const Q& q, learned_range* r, const tensor& x, tensor& g) {
+    QKIT_PRECONDITION(g.shape() == x.shape(), shape_error, "quantsim: backward: quantizer '",
+                      q.name(), "' got a gradient of shape ", shape_string(g.shape()),
+                      " for an input of shape ", shape_string(x.shape()));
+    if (q.settings().dtype == dtype::floating) {
+      ste_backward(x.data(), g.data(), x.size(), encoding::fp16());
+      return;
+    }
+    const bool learn = r && r->learned;
+    const auto& encs = q.encodings();
+    std::vector<ste_sums> sums(learn ? encs.size() : 0);
+    if (!q.per_channel()) {
+      ste_backward(x.data(), g.data(), x.size(), encs[0], R, learn ? sums.data() : nullptr);
+    } else {
+      const channel_layout l = channel_layout_of(
+          std::span<const std::size_t>(x.shape().data(), x.shape().size()), *q.channel_axis(),
+          encs.size());
+      ste_backward_per_channel(x.data(), g.data(), l.outer, l.channels, l.inner, encs.data(), R,
+                               learn ? sums.data() : nullptr);
+    }
+    for (std::size_t c = 0; c < sums.size(); ++c) {
+      const range_gradient rg =
+          range_gradient_of(sums[c], r->min(c), r->max(c), q.bitwidth(), q.settings().s);
+      r->dmin(c) += static_cast<float>(rg.dmin);
+      r->dmax(c) += static_cast<float>(rg.dmax);
+    }
+  }
+
   bool quantizes_output(const void* layer) const {
     auto it = slots_.find(layer);
     if (it == slots_.end() || it->second.output < 0) return false;
@@ -651,6 +925,11 @@ class quantsim {
     const bool is_weight = name == "weight";
     const int idx = is_weight ? slot.weight : name == "bias" ? slot.bias : -1;
     if (idx < 0 || passes_through(params_[idx])) return value;
+    if (training_) {
+      // Regular QAT: the weight encodings follow the weights (frozen ones stay put).
+      if (qat_ == qat_mode::regular) compute_param_encoding(static_cast<std::size_t>(idx));
+      if (idx < static_cast<int>(param_used_.size())) param_used_[static_cast<std::size_t>(idx)] = true;
+    }
     tensor& buf = is_weight ? slot.weight_q : slot.bias_q;
     if (buf.shape() != value.shape()) buf = tensor::from_shape(value.shape());
     params_[idx].qdq(value.data(), buf.data(),
@@ -666,7 +945,9 @@ class quantsim {
       if (q.enabled()) q.observe(y);
       return;
     }
-    if (!passes_through(q)) q.qdq_inplace(y);
+    if (passes_through(q)) return;
+    if (training_) record_pre_quantization(static_cast<std::size_t>(it->second.output), y);
+    q.qdq_inplace(y);
   }
 
   [[noreturn]] void unknown(const std::string& name, const char* kind) const {
@@ -796,6 +1077,16 @@ class quantsim {
   std::unordered_map<const void*, std::size_t> node_index_;  // layer -> flow_.nodes index
   std::vector<std::size_t> input_shape_, output_shape_;
   bool calibrating_ = false;
+  // QAT: the mode, the learned ranges (range learning; index-aligned with acts_/params_), and
+  // what the last training forward recorded for backward.
+  qat_mode qat_ = qat_mode::regular;
+  std::vector<learned_range> act_ranges_, param_ranges_;
+  bool training_ = false, recorded_ = false;
+  std::vector<tensor> saved_;          // each activation quantizer's input, before quantization
+  std::vector<bool> saved_valid_;      // ... recorded in the last training forward
+  std::vector<bool> param_used_;       // parameter quantizers that quantized in it
+  std::vector<std::size_t> recorded_output_shape_;
+  std::size_t clamped_ = 0;
 };
 
 }  // namespace qkit
