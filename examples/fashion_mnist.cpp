@@ -12,6 +12,7 @@
 //
 //   fashion_mnist --data /usr/share/datasets/fashion-mnist --out out [--epochs N] [--retrain]
 //                 [--train-only] [--threads N] [--seed S] [--adaround [--adaround-iterations N]]
+//                 [--qat [--qat-steps N]]
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -26,6 +27,7 @@
 
 #include "models/fashion_mobilenet.hpp"
 #include "models/ptq_pipeline.hpp"
+#include "models/qat_pipeline.hpp"
 #include "models/quantize_pipeline.hpp"
 #include "models/training.hpp"
 
@@ -40,6 +42,8 @@ struct options {
   std::size_t threads = 0;  // 0: all hardware threads
   std::uint32_t seed = 1;
   bool adaround = false;              // also the AdaRound / Sequential MSE table
+  bool qat = false;                   // also the QAT table
+  std::size_t qat_steps = 1000;       // batches of 64 per QAT run
   std::size_t adaround_iterations = 0;  // 0: AIMET's default
 };
 
@@ -47,6 +51,7 @@ void usage(std::FILE* to) {
   std::fprintf(to,
                "usage: fashion_mnist --data DIR --out DIR [--epochs N] [--retrain] [--train-only]\n"
                "                     [--threads N] [--seed S] [--adaround [--adaround-iterations N]]\n"
+               "                     [--qat [--qat-steps N]]\n"
                "  --data DIR     Fashion-MNIST IDX files (default /usr/share/datasets/fashion-mnist)\n"
                "  --out DIR      where fashion_mobilenet.npz is written (required)\n"
                "  --epochs N     training epochs (default 12)\n"
@@ -57,7 +62,10 @@ void usage(std::FILE* to) {
                "  --adaround     also run the AdaRound / Sequential MSE table (AIMET's defaults:\n"
                "                 about 3 minutes per AdaRound row on two cores)\n"
                "  --adaround-iterations N  AdaRound steps per layer (default: AIMET's 10,000 or\n"
-               "                 15,000 under 8 bits)\n");
+               "                 15,000 under 8 bits)\n"
+               "  --qat          also run the QAT table (PTQ vs regular QAT vs range learning at\n"
+               "                 W8A8, W4A8, W8A4, W4A4; about 10 minutes on two cores)\n"
+               "  --qat-steps N  batches of 64 per QAT run (default 1000)\n");
 }
 
 struct usage_error : std::runtime_error {
@@ -94,6 +102,8 @@ options parse_args(int argc, char** argv) {
     else if (a == "--threads") o.threads = parse_count(a, value());
     else if (a == "--seed") o.seed = std::uint32_t(parse_count(a, value()));
     else if (a == "--adaround") o.adaround = true;
+    else if (a == "--qat") o.qat = true;
+    else if (a == "--qat-steps") o.qat_steps = parse_count(a, value());
     else if (a == "--adaround-iterations") o.adaround_iterations = parse_count(a, value());
     else if (a == "--help" || a == "-h") { usage(stdout); std::exit(0); }
     else throw usage_error("unknown argument '" + a + "'");
@@ -165,6 +175,7 @@ int run(const options& o) {
 
   // Learned rounding (AdaRound) and ranges (Sequential MSE), down to 2-bit weights.
   if (o.adaround) fashion::adaround_table(model, train_set, test_set, o.out_dir, o.adaround_iterations);
+  if (o.qat) fashion::qat_table(model, train_set, test_set, o.qat_steps);
   return 0;
 }
 

@@ -50,3 +50,4 @@
 
 #include "ptq/cross_layer_equalization.hpp"
 #include "ptq/bias_correction.hpp"
+#include "qat/qat.hpp"

@@ -2,7 +2,8 @@
 // gradients against an independent scalar transcription of AIMET's t1/t2 formulas and against
 // finite differences where the quantized function is differentiable in its range (saturated
 // values), QuantSim's backward through a linear layer against a hand-written one, regular QAT
-// and range learning steps, the training loop, determinism and the errors.
+// and range learning steps, BN re-estimation and QAT with live batch norms, the training loop,
+// determinism and the errors.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -12,6 +13,7 @@
 
 #include <qkit/nn/fit.hpp>
 #include <qkit/nn/nn.hpp>
+#include <qkit/qat/batch_norm.hpp>
 #include <qkit/quant/ste.hpp>
 #include <qkit/sim/calibrate.hpp>
 #include <qkit/sim/quantsim.hpp>
@@ -478,4 +480,159 @@ TEST_CASE("fit: a NaN loss stops with the step and the layer, and the weights go
   CHECK_THROWS_WITH_AS(nn::fit(m, opt, train, bad), doctest::Contains("need validation data"),
                        config_error);
   CHECK_THROWS_AS(nn::fit(m, opt, data::dataset(tensor::from_shape({4, 4}))), data_error);
+}
+
+namespace {
+using bn_model = nn::sequential<nn::linear, nn::batch_norm, nn::relu>;
+bn_model make_bn_model() {
+  bn_model m{nn::linear(3, 2), nn::batch_norm(2), nn::relu()};
+  nn::init_parameters(m, 7);
+  m.get<1>().running_mean()(0) = 0.25f;  // statistics to be replaced
+  m.get<1>().running_var()(1) = 4.0f;
+  return m;
+}
+}  // namespace
+
+TEST_CASE("reestimate_bn_stats: the average of per-batch mean and variance on the quantized model") {
+  const tensor calib = normal_tensor({16, 3}, 1, 0.5f);
+  quantsim<bn_model, presets::w8a8> sim(make_bn_model(), calib, presets::w8a8::default_config(),
+                                        {}, {}, {.batch_norms = batch_norm_mode::keep});
+  calibrate_on(sim, calib);
+  const tensor data_x = normal_tensor({12, 3}, 9, 1.0f);
+  const data::dataset ds(data_x);
+  // By hand: the batch norm sees z = qdq_in(x)·Wqᵀ + b (no quantizer between the linear and the
+  // batch norm it is fused with); batches of 4 rows, three of them.
+  const tensor xq = sim.activation_quantizer("input").qdq(data_x);
+  const tensor wq = sim.quantized_parameter("0.weight");
+  const tensor bq = sim.quantized_parameter("0.bias");
+  std::vector<double> want_mean(2, 0.0), want_var(2, 0.0);
+  for (std::size_t b = 0; b < 3; ++b)
+    for (std::size_t o = 0; o < 2; ++o) {
+      double z[4], mean = 0.0;
+      for (std::size_t r = 0; r < 4; ++r) {
+        const std::size_t n = b * 4 + r;
+        float acc = 0.0f;
+        for (std::size_t i = 0; i < 3; ++i) acc += xq(n, i) * wq(o, i);
+        z[r] = double(acc + bq(o));
+        mean += z[r] / 4.0;
+      }
+      double ss = 0.0;
+      for (double v : z) ss += (v - mean) * (v - mean);
+      want_mean[o] += mean / 3.0;
+      want_var[o] += ss / 3.0 / 3.0;  // unbiased: / (4 − 1), then the average of three
+    }
+  auto& bn = sim.model().get<1>();
+  const tensor old_mean = bn.running_mean(), old_var = bn.running_var();
+  auto handle = qat::reestimate_bn_stats(sim, ds, 3, 4);
+  CHECK(handle.layers() == std::vector<std::string>{"1"});
+  for (std::size_t o = 0; o < 2; ++o) {
+    CHECK(bn.running_mean()(o) == doctest::Approx(want_mean[o]).epsilon(1e-5));
+    CHECK(bn.running_var()(o) == doctest::Approx(want_var[o]).epsilon(1e-5));
+  }
+  CHECK(bn.momentum() == doctest::Approx(0.1f));  // put back
+  CHECK(!sim.training());
+  CHECK(!bn.training());
+  handle.restore();
+  CHECK(bn.running_mean() == old_mean);
+  CHECK(bn.running_var() == old_var);
+
+  // A folded simulation has no batch norm to re-estimate; no data is an error too.
+  quantsim<bn_model, presets::w8a8> folded(make_bn_model(), calib);
+  CHECK_THROWS_WITH_AS(qat::reestimate_bn_stats(folded, ds), doctest::Contains("batch_norm_mode::keep"),
+                       config_error);
+  CHECK_THROWS_AS(qat::reestimate_bn_stats(sim, data::dataset()), data_error);
+}
+
+TEST_CASE("QAT with batch norms live: training uses batch statistics and the gradients reach γ and β") {
+  const tensor calib = normal_tensor({16, 3}, 1, 0.5f);
+  quantsim<bn_model, presets::w8a8> sim(make_bn_model(), calib, presets::w8a8::default_config(),
+                                        {}, {}, {.batch_norms = batch_norm_mode::keep});
+  calibrate_on(sim, calib);
+  sim.set_qat_mode(qat_mode::range_learning);
+  sim.set_training(true);
+  sim.zero_grad();
+  CHECK(sim.model().get<1>().training());
+  const tensor y = sim.forward(calib);
+  tensor dy = normal_tensor({16, 2}, 4);
+  (void)sim.backward(dy);
+  double g = 0.0;
+  for (float v : sim.model().get<1>().weight_grad()) g += std::fabs(v);
+  CHECK(g > 0.0);
+  // Batch statistics moved the running mean off its start (0.25 for channel 0).
+  CHECK(sim.model().get<1>().running_mean()(0) != doctest::Approx(0.25f));
+  sim.set_training(false);
+  CHECK(!sim.model().get<1>().training());
+  CHECK(y.shape() == dy.shape());
+}
+
+namespace {
+using linear_bn = nn::sequential<nn::linear, nn::batch_norm>;
+linear_bn make_linear_bn() {
+  linear_bn m{nn::linear(3, 2), nn::batch_norm(2)};
+  nn::init_parameters(m, 7);
+  auto& bn = m.get<1>();
+  bn.weight()(0) = 1.5f;
+  bn.weight()(1) = -0.5f;  // a negative scale: the grid mirrors
+  bn.bias()(0) = 0.2f;
+  bn.running_mean()(1) = -0.3f;
+  bn.running_var()(0) = 2.0f;
+  return m;
+}
+}  // namespace
+
+TEST_CASE("fold_all_batch_norms_to_scale: the folded sim computes what the live one did, exported as usual") {
+  const tensor calib = normal_tensor({32, 3}, 1, 1.0f);
+  auto make = [&] {
+    quantsim<linear_bn, presets::w8a8> sim(make_linear_bn(), calib, presets::w8a8::default_config(),
+                                           {}, {}, {.batch_norms = batch_norm_mode::keep});
+    calibrate_on(sim, calib);
+    return sim;
+  };
+  auto live = make();
+  auto folded = make();
+  const encoding w_before = folded.param_quantizer("0.weight").encodings()[0];
+  const auto bn_output = folded.activation_quantizer("1").encodings();
+  const auto pairs = qat::fold_all_batch_norms_to_scale(folded);
+  REQUIRE(pairs.size() == 1);
+  CHECK(pairs[0].layer == "0");
+  CHECK(pairs[0].batch_norm == "1");
+  CHECK(folded.folded_batch_norms().size() == 1);
+  CHECK(!folded.has_quantizer("1"));          // the batch norm's output is the linear's now
+  CHECK(folded.activation_quantizer("0").encodings() == bn_output);
+  CHECK(folded.activation_quantizer("0").enabled());
+  const auto& wq = folded.param_quantizer("0.weight");
+  CHECK(wq.per_channel());
+  CHECK(wq.frozen());
+  const auto& bn = live.model().get<1>();
+  for (std::size_t o = 0; o < 2; ++o) {
+    const double s = double(bn.weight()(o)) / std::sqrt(double(bn.running_var()(o)) + double(bn.epsilon()));
+    CHECK(wq.encodings()[o].scale == doctest::Approx(w_before.scale * std::fabs(s)).epsilon(1e-12));
+  }
+  // The same function: live BN after the quantized linear vs the folded, rescaled grid — equal
+  // up to float rounding, which may move a value across one output step.
+  const tensor x = normal_tensor({64, 3}, 2, 1.0f);
+  const tensor a = live.forward(x), b = folded.forward(x);
+  const double step = bn_output[0].scale;
+  double worst = 0.0;
+  for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, double(std::fabs(a.data()[i] - b.data()[i])));
+  CHECK(worst <= step * 1.0001);
+  // It exports like a folded simulation: the file has the linear's output, no batch norm.
+  const auto f = folded.encodings();
+  CHECK(f.activation_encodings.count("0") == 1);
+  CHECK(f.activation_encodings.count("1") == 0);
+  CHECK(f.param_encodings.at("0.weight").size() == 2);
+}
+
+TEST_CASE("fold_all_batch_norms_to_scale refuses a batch norm with no layer before it") {
+  using bn_first = nn::sequential<nn::batch_norm, nn::linear>;
+  const tensor calib = normal_tensor({8, 3}, 1, 1.0f);
+  quantsim<bn_first, presets::w8a8> sim(bn_first{nn::batch_norm(3), nn::linear(3, 2)}, calib,
+                                        presets::w8a8::default_config(), {}, {},
+                                        {.batch_norms = batch_norm_mode::keep});
+  calibrate_on(sim, calib);
+  const tensor before = sim.forward(calib);
+  CHECK_THROWS_WITH_AS(qat::fold_all_batch_norms_to_scale(sim), doctest::Contains("cannot fold"),
+                       config_error);
+  CHECK(sim.forward(calib) == before);
+  CHECK(sim.has_quantizer("0"));
 }

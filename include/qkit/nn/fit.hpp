@@ -10,8 +10,10 @@
 // optimizer of the same kind at their own learning rate, without weight decay.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>

@@ -13,12 +13,14 @@
 // and range_gradient_of turns them into ∂L/∂min and ∂L/∂max for the encoding's scheme.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <span>
 #include <vector>
 
 #include "../error.hpp"
+#include "../tensor/thread_pool.hpp"
 #include "encoding.hpp"
 #include "qdq.hpp"
 
@@ -38,39 +40,74 @@ struct range_gradient {
 
 namespace detail {
 
+// One block of the grid backward: g *= mask, and the block's A and B when `sums`. Written
+// without branches so the compiler vectorizes it (division and rounding as the forward's
+// kernels do them, so the mask is the forward's bit for bit).
+inline void ste_block_even(const float* x, float* g, std::size_t n, const qdq_params& p,
+                           double* a_out, double* b_out) {
+  double a = 0.0, b = 0.0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const float v = x[i] / p.scale;
+    const float t = std::nearbyint(v);
+    const bool in = t >= p.lo && t <= p.hi;
+    const float tc = t > p.lo ? (t < p.hi ? t : p.hi) : p.lo;
+    const float gi = g[i];
+    if (a_out) {
+      a += double(gi) * (in ? double(tc) - double(x[i]) / double(p.scale) : double(tc));
+      b += in ? 0.0 : double(gi);
+    }
+    g[i] = in ? gi : 0.0f;
+  }
+  if (a_out) {
+    *a_out = a;
+    *b_out = b;
+  }
+}
+
+inline void ste_block_away(const float* x, float* g, std::size_t n, const qdq_params& p,
+                           double* a_out, double* b_out) {
+  double a = 0.0, b = 0.0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const bool in = x[i] >= p.fmin && x[i] <= p.fmax;
+    const float gi = g[i];
+    if (a_out) {
+      const float tc = qdq_away_q(x[i], p.scale, p.off, p.fmin, p.fmax) + p.off;
+      a += double(gi) * (in ? double(tc) - double(x[i]) / double(p.scale) : double(tc));
+      b += in ? 0.0 : double(gi);
+    }
+    g[i] = in ? gi : 0.0f;
+  }
+  if (a_out) {
+    *a_out = a;
+    *b_out = b;
+  }
+}
+
 /// g *= mask over n values of one integer grid; with `sums`, also accumulates A and B. The
 /// mask and T are those of qdq with the same rounding: half-even rounds x/Δ and clamps the
-/// integer to [offset, top]; half-away (AIMET's core) clamps x to [min, max] first.
+/// integer to [offset, top]; half-away (AIMET's core) clamps x to [min, max] first. The work is
+/// split in fixed blocks over the thread pool and the blocks' sums are added in block order, so
+/// the result does not depend on the thread count.
 inline void ste_backward_grid(const float* x, float* g, std::size_t n, const encoding& e,
                               rounding r, ste_sums* sums) {
   const qdq_params p = params_of(e);
-  double a = 0.0, b = 0.0;
-  if (r == rounding::half_even) {
-    for (std::size_t i = 0; i < n; ++i) {
-      const float t = std::nearbyint(x[i] / p.scale);
-      const bool in = t >= p.lo && t <= p.hi;
-      if (sums) {
-        const float tc = t > p.lo ? (t < p.hi ? t : p.hi) : p.lo;
-        a += double(g[i]) * (in ? double(tc) - double(x[i]) / double(p.scale) : double(tc));
-        if (!in) b += double(g[i]);
-      }
-      if (!in) g[i] = 0.0f;
+  constexpr std::size_t block = 4096;
+  const std::size_t blocks = (n + block - 1) / block;
+  std::vector<double> a(sums ? blocks : 0), b(sums ? blocks : 0);
+  parallel_for(0, blocks, 4, [&](std::size_t lo, std::size_t hi) {
+    for (std::size_t k = lo; k < hi; ++k) {
+      const std::size_t at = k * block, len = std::min(block, n - at);
+      double* ak = sums ? &a[k] : nullptr;
+      double* bk = sums ? &b[k] : nullptr;
+      if (r == rounding::half_even) ste_block_even(x + at, g + at, len, p, ak, bk);
+      else ste_block_away(x + at, g + at, len, p, ak, bk);
     }
-  } else {
-    for (std::size_t i = 0; i < n; ++i) {
-      const bool in = x[i] >= p.fmin && x[i] <= p.fmax;
-      if (sums) {
-        const float tc = qdq_away_q(x[i], p.scale, p.off, p.fmin, p.fmax) + p.off;
-        a += double(g[i]) * (in ? double(tc) - double(x[i]) / double(p.scale) : double(tc));
-        if (!in) b += double(g[i]);
-      }
-      if (!in) g[i] = 0.0f;
+  });
+  if (sums)
+    for (std::size_t k = 0; k < blocks; ++k) {
+      sums->a += a[k];
+      sums->b += b[k];
     }
-  }
-  if (sums) {
-    sums->a += a;
-    sums->b += b;
-  }
 }
 
 /// Float16: gradients pass where the value is representable (|x| < 65520), as ste_mask says.

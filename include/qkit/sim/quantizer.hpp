@@ -79,6 +79,11 @@ class quantizer {
 
   // ---- settings ----------------------------------------------------------------------------
   const std::string& name() const { return name_; }
+  /// Renames the quantizer (QuantSim does, when a folded layer's output takes over the
+  /// quantizer of the batch norm folded into it).
+  void set_name(std::string name) { name_ = std::move(name); }
+  /// The range setter every new statistic starts from (its options).
+  const RangeSetter& prototype() const { return prototype_; }
   const quantizer_settings& settings() const { return settings_; }
   int bitwidth() const { return settings_.bitwidth; }
   const qkit::scheme& scheme_flags() const { return settings_.s; }

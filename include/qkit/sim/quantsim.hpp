@@ -336,6 +336,128 @@ class quantsim {
       install_learned(param_ranges_[i], params_[i]);
   }
 
+  /// AIMET's fold_all_batch_norms_to_scale (qat::fold_all_batch_norms_to_scale calls this):
+  /// each live batch norm folds into the conv or linear right before it — the layer's weights
+  /// and bias as fold_batch_norms folds them (W' = W·s, b' = β + (b − μ)·s, s = γ/√(var + ε)) and
+  /// its weight quantizer's grid with them, per output channel (scale·|s|; the grid mirrored
+  /// where s < 0; a per-tensor weight quantizer becomes per-channel), frozen; the bias quantizer
+  /// is dropped (off), and the batch norm's output quantizer becomes the layer's. The result is
+  /// the folded simulation of the QAT'd model and exports like any other. Range learning ends
+  /// (the learned ranges are installed first; call set_qat_mode again to go on). Errors: training
+  /// mode, a batch norm that does not follow a conv/linear whose only reader it is
+  /// (config_error), a weight quantizer without encodings (calibration_error); then nothing
+  /// changed. Returns the pairs folded.
+  std::vector<nn::batch_norm_fold> fold_batch_norms_to_scale() {
+    QKIT_PRECONDITION(!training_ && !calibrating_, error,
+                      "quantsim: fold_batch_norms_to_scale in training mode (set_training(false) "
+                      "first)");
+    struct plan {
+      std::string layer, output;  // the conv/linear and its output tensor
+      nn::weighted_layer* weighted;
+      nn::batch_norm* bn;
+      std::vector<encoding> weight_encodings;  // the scaled grid, one per output channel
+    };
+    std::vector<plan> plans;
+    for (const auto& n : flow_.nodes) {
+      if (!n.live_batch_norm) continue;
+      const nn::dataflow_node* prev = flow_.sole_producer(n);
+      QKIT_PRECONDITION(prev && prev->weighted && flow_.sole_consumer(*prev) == &n, config_error,
+                        "quantsim: fold_batch_norms_to_scale: BatchNormalization '", n.name,
+                        "' does not follow a conv or linear layer whose only reader it is, so it "
+                        "cannot fold into one");
+      nn::batch_norm& bn = *n.live_batch_norm;
+      const auto& wq = params_[param_index_.at(prev->name + ".weight")];
+      const std::size_t O = prev->weighted->output_channels();
+      plan p{prev->name, prev->output, prev->weighted, &bn, {}};
+      if (wq.enabled() && wq.settings().dtype == dtype::integer && wq.bitwidth() < 32) {
+        QKIT_PRECONDITION(wq.has_encodings(), calibration_error, "quantsim: fold_batch_norms_to_scale: "
+                          "weight quantizer '", wq.name(), "' has no encodings");
+        for (std::size_t o = 0; o < O; ++o) {
+          const encoding& e = wq.encodings()[wq.per_channel() ? o : 0];
+          const double sc = double(bn.weight()(o)) /
+                            std::sqrt(double(bn.running_var()(o)) + double(bn.epsilon()));
+          const double step = e.scale * std::fabs(sc);
+          QKIT_PRECONDITION(step > 0.0 && std::isfinite(step), config_error,
+                            "quantsim: fold_batch_norms_to_scale: BatchNormalization '", n.name,
+                            "' channel ", o, " has scale ", sc, ", which leaves no grid");
+          // Mirrored where s < 0: the grid's integers o..o+N map to −(o+N)..−o. A symmetric
+          // grid keeps its offset (it is symmetric up to its one extra negative step).
+          const std::int64_t off = sc >= 0.0 || e.symmetric ? e.offset : -(e.offset + e.qmax());
+          p.weight_encodings.push_back(
+              encoding_from_scale_offset(step, off, e.bitwidth, e.symmetric));
+        }
+      }
+      plans.push_back(std::move(p));
+    }
+    if (qat_ == qat_mode::range_learning) install_learned_ranges();
+
+    // Every check passed: fold, then rebuild the quantizers of the folded graph and give each
+    // the state it had (the layer's output quantizer takes the batch norm's).
+    std::unordered_map<std::string, std::string> takes_from;  // new name -> old name
+    std::vector<nn::batch_norm_fold> folded;
+    for (const auto& p : plans) {
+      nn::detail::fold_into(*p.weighted, *p.bn);
+      takes_from[p.output] = p.bn->name();
+      folded.push_back({p.layer, p.bn->name()});
+    }
+    auto old_acts = std::move(acts_);
+    auto old_params = std::move(params_);
+    std::unordered_map<std::string, bool> old_act_placed, old_param_placed;
+    for (std::size_t i = 0; i < old_acts.size(); ++i) old_act_placed[old_acts[i].name()] = act_placed_[i];
+    for (std::size_t i = 0; i < old_params.size(); ++i)
+      old_param_placed[old_params[i].name()] = param_placed_[i];
+    std::unordered_map<std::string, std::size_t> old_act_index = std::move(act_index_);
+    std::unordered_map<std::string, std::size_t> old_param_index = std::move(param_index_);
+    acts_.clear();
+    params_.clear();
+    param_values_.clear();
+    act_placed_.clear();
+    param_placed_.clear();
+    act_index_.clear();
+    param_index_.clear();
+    slots_.clear();
+    node_index_.clear();
+    build(old_acts[0].prototype(), old_params.empty() ? ParamRangeSetter{} : old_params[0].prototype());
+    for (std::size_t i = 0; i < acts_.size(); ++i) {
+      const auto it = takes_from.find(acts_[i].name());
+      const std::string& from = it == takes_from.end() ? acts_[i].name() : it->second;
+      if (auto o = old_act_index.find(from); o != old_act_index.end()) {
+        const std::string name = acts_[i].name();
+        acts_[i] = old_acts[o->second];
+        acts_[i].set_name(name);
+        act_placed_[i] = old_act_placed[from];
+      }
+    }
+    for (std::size_t i = 0; i < params_.size(); ++i)
+      if (auto o = old_param_index.find(params_[i].name()); o != old_param_index.end()) {
+        params_[i] = old_params[o->second];
+        param_placed_[i] = old_param_placed[params_[i].name()];
+      }
+    for (const auto& p : plans) {
+      auto& wq = params_[param_index_.at(p.layer + ".weight")];
+      if (!p.weight_encodings.empty()) {
+        wq.unfreeze();
+        if (!wq.per_channel()) wq.set_channel_axis(0);
+        wq.set_encodings(p.weight_encodings);
+        wq.freeze();
+      }
+      if (auto b = param_index_.find(p.layer + ".bias"); b != param_index_.end()) {
+        params_[b->second].set_enabled(false);
+        param_placed_[b->second] = false;
+      }
+    }
+    folds_.insert(folds_.end(), folded.begin(), folded.end());
+    options_.batch_norms = batch_norm_mode::fold;
+    qat_ = qat_mode::regular;
+    act_ranges_.clear();
+    param_ranges_.clear();
+    saved_.clear();
+    saved_valid_.clear();
+    param_used_.clear();
+    recorded_ = false;
+    return folded;
+  }
+
   // ---- layers ---------------------------------------------------------------------------
 
   /// The dataflow node of the layer called `name` (config_error listing names if none).
