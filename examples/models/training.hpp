@@ -3,14 +3,8 @@
 // normalization its data gets. Evaluation is the library's too (qkit::nn::evaluate).
 #pragma once
 
-#include <algorithm>
-#include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <functional>
-#include <numeric>
-#include <random>
-#include <vector>
 
 #include <qkit/data/dataset.hpp>
 #include <qkit/nn/fit.hpp>

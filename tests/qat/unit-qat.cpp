@@ -19,17 +19,13 @@
 #include <qkit/sim/quantsim.hpp>
 #include <qkit/tensor/thread_pool.hpp>
 
+#include "ptq/ptq_test_util.hpp"
+
 using namespace qkit;
+using ptq_test::normal_tensor;
 
 namespace {
 
-tensor normal_tensor(shape_type shape, std::uint32_t seed, float stddev = 1.0f) {
-  tensor x = tensor::from_shape(shape);
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.0f, stddev);
-  for (auto& v : x) v = d(rng);
-  return x;
-}
 
 // Σ g·qdq(x) with the encoding of [lo, hi]: the loss whose range gradient the formulas give.
 double weighted_qdq(const std::vector<float>& x, const std::vector<float>& g, double lo, double hi,
@@ -184,6 +180,17 @@ void calibrate_on(Sim& sim, const tensor& x) {
   sim.compute_encodings([&](auto& s) { (void)s.forward(x); });
 }
 
+// The data the tiny model's simulations are built and calibrated on.
+tensor tiny_calibration() { return normal_tensor({16, 3}, 1, 0.5f); }
+
+// The tiny model's W8A8 simulation, calibrated on tiny_calibration().
+quantsim<tiny_model, presets::w8a8> calibrated_tiny() {
+  const tensor calib = tiny_calibration();
+  quantsim<tiny_model, presets::w8a8> sim(make_tiny(), calib);
+  calibrate_on(sim, calib);
+  return sim;
+}
+
 }  // namespace
 
 TEST_CASE("quantsim backward: straight-through at the input, the weights and the output") {
@@ -265,10 +272,7 @@ TEST_CASE("quantsim backward, per-channel weights: the mask of each channel's ow
 }
 
 TEST_CASE("range learning in the sim: the gradients of each learned range are its quantizer's") {
-  auto model = make_tiny();
-  const tensor calib = normal_tensor({16, 3}, 1, 0.5f);
-  quantsim<tiny_model, presets::w8a8> sim(model, calib);
-  calibrate_on(sim, calib);
+  auto sim = calibrated_tiny();
   sim.set_qat_mode(qat_mode::range_learning);
   sim.set_training(true);
   sim.zero_grad();
@@ -298,10 +302,8 @@ TEST_CASE("range learning in the sim: the gradients of each learned range are it
 }
 
 TEST_CASE("regular QAT recomputes the weight encodings from the weights at every training forward") {
-  auto model = make_tiny();
-  const tensor calib = normal_tensor({16, 3}, 1, 0.5f);
-  quantsim<tiny_model, presets::w8a8> sim(model, calib);
-  calibrate_on(sim, calib);
+  const tensor calib = tiny_calibration();
+  auto sim = calibrated_tiny();
   const auto act_before = sim.activation_quantizer(sim.dataflow().output).encodings();
   sim.set_training(true);
   sim.model().get<0>().weight()(0, 2) = 3.0f;  // a new largest weight
@@ -312,10 +314,8 @@ TEST_CASE("regular QAT recomputes the weight encodings from the weights at every
 }
 
 TEST_CASE("range learning keeps every encoding valid: steps are clamped, never NaN") {
-  auto model = make_tiny();
-  const tensor calib = normal_tensor({16, 3}, 1, 0.5f);
-  quantsim<tiny_model, presets::w8a8> sim(model, calib);
-  calibrate_on(sim, calib);
+  const tensor calib = tiny_calibration();
+  auto sim = calibrated_tiny();
   sim.set_qat_mode(qat_mode::range_learning);
   sim.set_training(true);
   // Drive the ranges far out: max below min, a NaN, an inverted symmetric max.

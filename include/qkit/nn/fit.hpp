@@ -121,6 +121,12 @@ concept has_encoding_parameters = requires(T& t) {
 };
 
 template <class T>
+void set_mode(T& t, bool training) {
+  if constexpr (sim_trainable<T>) t.set_training(training);
+  else set_training(t, training);
+}
+
+template <class T>
 decltype(auto) trained_model(T& t) {
   if constexpr (sim_trainable<T>) return (t.model());
   else return (t);
@@ -232,8 +238,7 @@ fit_result fit(Trainable& t, Optimizer& opt, const data::dataset& train, const f
   std::size_t global = 0;
   for (std::size_t epoch = 0; epoch < o.epochs; ++epoch) {
     const std::vector<tensor> epoch_start = detail::save_state(t);
-    if constexpr (detail::sim_trainable<Trainable>) t.set_training(true);
-    else set_training(t, true);
+    detail::set_mode(t, true);
     std::vector<std::size_t> order(N);
     std::iota(order.begin(), order.end(), std::size_t{0});
     std::mt19937 rng(o.seed * 1000003u + std::uint32_t(epoch));
@@ -265,8 +270,7 @@ fit_result fit(Trainable& t, Optimizer& opt, const data::dataset& train, const f
         std::string where = detail::first_nonfinite_layer(t, x);
         if (where.empty()) where = detail::all_finite(x) ? "none (the loss itself)" : "the input batch";
         detail::load_state(t, epoch_start);
-        if constexpr (detail::sim_trainable<Trainable>) t.set_training(false);
-        else set_training(t, false);
+        detail::set_mode(t, false);
         QKIT_THROW(training_error, "fit: the loss became ", r.loss, " at epoch ", epoch + 1,
                    " step ", s + 1, " (global step ", global + 1, "); first non-finite output: ",
                    where, ". The parameters are back to where epoch ", epoch + 1,
@@ -301,8 +305,7 @@ fit_result fit(Trainable& t, Optimizer& opt, const data::dataset& train, const f
         }
       }
     }
-    if constexpr (detail::sim_trainable<Trainable>) t.set_training(false);
-    else set_training(t, false);
+    detail::set_mode(t, false);
 
     epoch_result er;
     er.epoch = epoch + 1;

@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstddef>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "../error.hpp"
@@ -40,39 +41,18 @@ struct range_gradient {
 
 namespace detail {
 
-// One block of the grid backward: g *= mask, and the block's A and B when `sums`. Written
-// without branches so the compiler vectorizes it (division and rounding as the forward's
-// kernels do them, so the mask is the forward's bit for bit).
-inline void ste_block_even(const float* x, float* g, std::size_t n, const qdq_params& p,
-                           double* a_out, double* b_out) {
+// One block of the grid backward: g *= mask, and the block's A and B when a_out is given.
+// grid(x) gives (in range, T) as the forward's kernel computes them — division and rounding as
+// it does them, so the mask is the forward's bit for bit.
+template <class Grid>
+inline void ste_block(const float* x, float* g, std::size_t n, float scale, Grid grid,
+                      double* a_out, double* b_out) {
   double a = 0.0, b = 0.0;
   for (std::size_t i = 0; i < n; ++i) {
-    const float v = x[i] / p.scale;
-    const float t = std::nearbyint(v);
-    const bool in = t >= p.lo && t <= p.hi;
-    const float tc = t > p.lo ? (t < p.hi ? t : p.hi) : p.lo;
+    const auto [in, tc] = grid(x[i]);
     const float gi = g[i];
     if (a_out) {
-      a += double(gi) * (in ? double(tc) - double(x[i]) / double(p.scale) : double(tc));
-      b += in ? 0.0 : double(gi);
-    }
-    g[i] = in ? gi : 0.0f;
-  }
-  if (a_out) {
-    *a_out = a;
-    *b_out = b;
-  }
-}
-
-inline void ste_block_away(const float* x, float* g, std::size_t n, const qdq_params& p,
-                           double* a_out, double* b_out) {
-  double a = 0.0, b = 0.0;
-  for (std::size_t i = 0; i < n; ++i) {
-    const bool in = x[i] >= p.fmin && x[i] <= p.fmax;
-    const float gi = g[i];
-    if (a_out) {
-      const float tc = qdq_away_q(x[i], p.scale, p.off, p.fmin, p.fmax) + p.off;
-      a += double(gi) * (in ? double(tc) - double(x[i]) / double(p.scale) : double(tc));
+      a += double(gi) * (in ? double(tc) - double(x[i]) / double(scale) : double(tc));
       b += in ? 0.0 : double(gi);
     }
     g[i] = in ? gi : 0.0f;
@@ -99,8 +79,16 @@ inline void ste_backward_grid(const float* x, float* g, std::size_t n, const enc
       const std::size_t at = k * block, len = std::min(block, n - at);
       double* ak = sums ? &a[k] : nullptr;
       double* bk = sums ? &b[k] : nullptr;
-      if (r == rounding::half_even) ste_block_even(x + at, g + at, len, p, ak, bk);
-      else ste_block_away(x + at, g + at, len, p, ak, bk);
+      if (r == rounding::half_even)
+        ste_block(x + at, g + at, len, p.scale, [&p](float v) {
+          const float t = std::nearbyint(v / p.scale);
+          return std::pair{t >= p.lo && t <= p.hi, t > p.lo ? (t < p.hi ? t : p.hi) : p.lo};
+        }, ak, bk);
+      else
+        ste_block(x + at, g + at, len, p.scale, [&p](float v) {
+          return std::pair{v >= p.fmin && v <= p.fmax,
+                           qdq_away_q(v, p.scale, p.off, p.fmin, p.fmax) + p.off};
+        }, ak, bk);
     }
   });
   if (sums)
