@@ -100,10 +100,12 @@ TEST_CASE("trained model: exported QDQ ONNX runs in ONNX Runtime like QuantSim")
     // Each fused kernel rounds its requantized output in integer arithmetic where the
     // simulation rounds in float, which moves a value by at most one step of that tensor; the
     // layers after it mostly damp that. Measured on the 10,000 test images with the pinned ORT
-    // (tools/ort): 99.5% agreement and at most 2 output steps. We allow 4, twice the measured
-    // figure, so that another ORT build rounding one more layer differently still passes; the
-    // bound of 10^9 it replaces could not fail at all.
-    fashion_test::compare_with_ort(sim, "fashion_w8a8", "all", 0.98, 4.0);
+    // (tools/ort, 1.30.0): 99.5% agreement on both machines the suite has run on, at most 2
+    // output steps where ORT's MLAS picks its AVX-512 VNNI kernels (Zen 4) and 6 where it picks
+    // the AVX2 ones (Zen 3, whose u8·s8 products go through 16-bit pair sums). The bound, 8, is
+    // the larger measured figure plus two steps, so that one more layer rounding differently
+    // still passes; the bound of 10^9 it replaces could not fail at all.
+    fashion_test::compare_with_ort(sim, "fashion_w8a8", "all", 0.98, 8.0);
   }
   {
     quantsim<fashion::model_type, presets::w4a8_per_channel> sim(d.model, first_images(1));
