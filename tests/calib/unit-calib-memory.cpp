@@ -16,6 +16,10 @@
 #include <qkit/calib/tf_enhanced.hpp>
 #include <qkit/sim/quantizer.hpp>
 
+// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
+// each file's helpers and using-directives stay out of its neighbours' way.
+namespace unit_calib_memory {
+
 using namespace qkit;
 
 namespace {
@@ -130,3 +134,4 @@ TEST_CASE("calibration memory: the AIMET-parity histogram is 512 buckets from it
   CHECK(h.bytes() == one);
   CHECK(one == sizeof(aimet_histogram) + 2 * aimet_histogram::bins * sizeof(double));
 }
+}  // namespace unit_calib_memory

@@ -10,6 +10,10 @@
 #include <qkit/calib/tf_enhanced.hpp>
 #include <qkit/sim/quantizer.hpp>
 
+// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
+// each file's helpers and using-directives stay out of its neighbours' way.
+namespace unit_quantizer {
+
 namespace {
 qkit::tensor random_tensor(const qkit::shape_type& shape, unsigned seed, float sigma = 1.0f) {
   qkit::tensor t = qkit::tensor::from_shape(shape);
@@ -229,3 +233,4 @@ TEST_CASE("default settings come from the Defaults policy") {
   CHECK(p.scheme_flags().symmetric);
   CHECK(decltype(p)::rounding_policy == qkit::rounding::half_away);
 }
+}  // namespace unit_quantizer

@@ -16,6 +16,10 @@
 #include <qkit/calib/percentile.hpp>
 #include <qkit/calib/tf_enhanced.hpp>
 
+// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
+// each file's helpers and using-directives stay out of its neighbours' way.
+namespace unit_range_setters {
+
 namespace {
 std::vector<float> normal(std::size_t n, unsigned seed, float mean = 0.0f, float sigma = 1.0f) {
   std::mt19937_64 rng(seed);
@@ -456,3 +460,4 @@ TEST_CASE("extreme magnitudes and denormals give finite, valid encodings") {
     check(qkit::entropy_range{});
   }
 }
+}  // namespace unit_range_setters

@@ -10,6 +10,10 @@
 
 #include <qkit/calib/stats.hpp>
 
+// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
+// each file's helpers and using-directives stay out of its neighbours' way.
+namespace unit_stats {
+
 namespace {
 constexpr std::size_t W = qkit::simd<float>::size;
 const std::size_t lengths[] = {0, 1, W - 1, W, W + 1, 3 * W + 5, 1000, 4099};
@@ -200,3 +204,4 @@ TEST_CASE("kernel results do not depend on the thread count") {
   CHECK(hists[0] == hists[1]);
   CHECK(hists[0] == hists[2]);
 }
+}  // namespace unit_stats

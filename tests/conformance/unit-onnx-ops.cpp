@@ -25,6 +25,10 @@
 #include <qkit/nn/pooling.hpp>
 #include <qkit/tensor/gemm.hpp>
 
+// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
+// each file's helpers and using-directives stay out of its neighbours' way.
+namespace unit_onnx_ops {
+
 using namespace qkit::io;
 using qkit::tensor;
 
@@ -467,3 +471,4 @@ TEST_CASE("onnx conformance: Flatten") {
               "test_flatten_negative_axis4"},
              3);
 }
+}  // namespace unit_onnx_ops

@@ -9,6 +9,10 @@
 #include <qkit/sim/calibrate.hpp>
 #include <qkit/sim/quantsim.hpp>
 
+// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
+// each file's helpers and using-directives stay out of its neighbours' way.
+namespace unit_calibrate {
+
 using qkit::tensor;
 using namespace qkit;
 
@@ -105,3 +109,4 @@ TEST_CASE("calibrate a QuantSim: min-max encodings of exactly the first n sample
   CHECK(in10.min == doctest::Approx(g10.min).epsilon(1e-6));
   CHECK(in10.max == doctest::Approx(g10.max).epsilon(1e-6));
 }
+}  // namespace unit_calibrate

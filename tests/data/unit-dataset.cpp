@@ -12,6 +12,10 @@
 #include <qkit/data/batch.hpp>
 #include <qkit/data/dataset.hpp>
 
+// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
+// each file's helpers and using-directives stay out of its neighbours' way.
+namespace unit_dataset {
+
 using qkit::tensor;
 using namespace qkit::data;
 
@@ -203,3 +207,4 @@ TEST_CASE("random_subset: distinct samples, fixed by the seed, a prefix for fewe
   for (std::size_t r = 0; r < N; ++r) every.insert(origin(all.samples(), r));
   CHECK(every.size() == N);
 }
+}  // namespace unit_dataset

@@ -9,6 +9,10 @@
 #include <qkit/nn/evaluate.hpp>
 #include <qkit/nn/nn.hpp>
 
+// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
+// each file's helpers and using-directives stay out of its neighbours' way.
+namespace unit_evaluate {
+
 using qkit::tensor;
 using namespace qkit;
 
@@ -177,3 +181,4 @@ TEST_CASE("evaluate: bad input is an error before or at the first batch") {
   const auto flat = [](const tensor& t) { return tensor(tensor::from_shape({t.shape(0) * K})); };
   CHECK_THROWS_AS(nn::evaluate(flat, data::dataset(peaked(peaks), shifted(peaks))), shape_error);
 }
+}  // namespace unit_evaluate

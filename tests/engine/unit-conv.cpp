@@ -12,6 +12,10 @@
 
 #include <qkit/tensor/conv.hpp>
 
+// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
+// each file's helpers and using-directives stay out of its neighbours' way.
+namespace unit_conv {
+
 namespace {
 
 std::vector<float> random_vector(std::size_t n, std::mt19937& rng) {
@@ -407,3 +411,4 @@ TEST_CASE("conv2d: depthwise forward is the same chain of FMAs over the taps in 
       CHECK(differ == 0);
     }
 }
+}  // namespace unit_conv

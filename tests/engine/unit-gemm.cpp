@@ -14,6 +14,10 @@
 
 #include <qkit/tensor/gemm.hpp>
 
+// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
+// each file's helpers and using-directives stay out of its neighbours' way.
+namespace unit_gemm {
+
 namespace {
 
 using qkit::transpose;
@@ -329,3 +333,4 @@ TEST_CASE("gemm: every element is the same chain of FMAs in every build (baselin
           CHECK(differ == 0);
         }
 }
+}  // namespace unit_gemm

@@ -8,6 +8,10 @@
 
 #include <qkit/io/encodings_file.hpp>
 
+// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
+// each file's helpers and using-directives stay out of its neighbours' way.
+namespace unit_encodings_file {
+
 namespace fs = std::filesystem;
 using qkit::encoding;
 using qkit::io::encodings_file;
@@ -313,3 +317,4 @@ TEST_CASE("check_encoding_bitwidths reports each mismatch") {
     CHECK(msg.find("'input'") == std::string::npos);
   }
 }
+}  // namespace unit_encodings_file

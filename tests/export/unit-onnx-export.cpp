@@ -24,6 +24,10 @@
 
 #include "ort_runner.hpp"
 
+// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
+// each file's helpers and using-directives stay out of its neighbours' way.
+namespace unit_onnx_export {
+
 namespace fs = std::filesystem;
 using qkit::encoding;
 using qkit::tensor;
@@ -460,3 +464,4 @@ TEST_CASE("onnx export: bad graphs and encodings are errors; nothing half-writte
 }
 
 #endif  // QKIT_WITH_ONNX
+}  // namespace unit_onnx_export

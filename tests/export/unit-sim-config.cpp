@@ -8,6 +8,10 @@
 
 #include <qkit/sim/sim_config.hpp>
 
+// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
+// each file's helpers and using-directives stay out of its neighbours' way.
+namespace unit_sim_config {
+
 namespace {
 
 // AIMET's aimet_common/quantsim_config/default_config.json, as shipped (tabs included).
@@ -293,3 +297,4 @@ TEST_CASE("sim config: bad input is a config error naming the JSON path") {
   expect(R"({"defaults": {"ops": {}, "params": {}}, )", "not valid JSON");
   expect("[1, 2]", "expected an object");
 }
+}  // namespace unit_sim_config

@@ -12,6 +12,10 @@
 #include "../../examples/models/ptq_pipeline.hpp"
 #include "fashion_fixture.hpp"
 
+// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
+// each file's helpers and using-directives stay out of its neighbours' way.
+namespace unit_fashion_adaround {
+
 using namespace qkit;
 
 namespace {
@@ -22,7 +26,7 @@ namespace {
 // asserted. The normal build asserts them.
 constexpr bool reduced = QKIT_FASHION_TEST_IMAGES > 0;
 // Steps per layer in CI (AIMET: 10,000, or 15,000 under 8 bits).
-constexpr std::size_t ci_iterations = reduced ? 100 : 2000;
+constexpr std::size_t ci_iterations = reduced ? 100 : 1000;
 constexpr std::size_t ci_samples = reduced ? 256 : 1000;
 
 template <class Preset>
@@ -91,3 +95,4 @@ TEST_CASE("Sequential MSE on the trained model: W4A8 per-channel, against min-ma
   // min-max (unit-tested), which on this model must not cost accuracy beyond noise.
   if (!reduced) CHECK(seq >= none - 0.002);
 }
+}  // namespace unit_fashion_adaround

@@ -17,6 +17,10 @@
 #include "../../examples/models/ptq_pipeline.hpp"
 #include "fashion_fixture.hpp"
 
+// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
+// each file's helpers and using-directives stay out of its neighbours' way.
+namespace unit_fashion_ptq {
+
 using namespace qkit;
 
 namespace {
@@ -159,3 +163,4 @@ TEST_CASE("PTQ on the trained model: analytical correction uses the folded batch
   CHECK(std::find(report.skipped.begin(), report.skipped.end(), "classifier") !=
         report.skipped.end());
 }
+}  // namespace unit_fashion_ptq

@@ -17,6 +17,10 @@
 #include "export/ort_runner.hpp"
 #include "fashion_fixture.hpp"
 
+// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
+// each file's helpers and using-directives stay out of its neighbours' way.
+namespace unit_fashion_quantsim {
+
 using namespace qkit;
 
 namespace {
@@ -114,3 +118,4 @@ TEST_CASE("trained model: exported QDQ ONNX runs in ONNX Runtime like QuantSim")
   }
 }
 #endif  // QKIT_WITH_ONNX
+}  // namespace unit_fashion_quantsim

@@ -15,6 +15,10 @@
 #include "../../examples/models/fashion_mobilenet.hpp"
 #include "../../examples/models/training.hpp"
 
+// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
+// each file's helpers and using-directives stay out of its neighbours' way.
+namespace unit_fashion_training {
+
 using namespace qkit;
 
 namespace {
@@ -50,3 +54,4 @@ TEST_CASE("training: one epoch of the example's recipe reaches 80% test accuracy
                           << 100.0 * untrained << "% -> " << 100.0 * trained << "%");
   CHECK(trained >= 0.80);
 }
+}  // namespace unit_fashion_training

@@ -15,6 +15,10 @@
 
 #include "io_test_util.hpp"
 
+// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
+// each file's helpers and using-directives stay out of its neighbours' way.
+namespace unit_idx {
+
 namespace fs = std::filesystem;
 using namespace qkit::io;
 
@@ -171,3 +175,4 @@ TEST_CASE("idx: damaged files are format errors naming the file and what was exp
     CHECK(m.find("not found") != std::string::npos);
   }
 }
+}  // namespace unit_idx

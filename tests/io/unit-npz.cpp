@@ -26,6 +26,10 @@
 
 #include "io_test_util.hpp"
 
+// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
+// each file's helpers and using-directives stay out of its neighbours' way.
+namespace unit_npz {
+
 namespace fs = std::filesystem;
 using namespace qkit::io;
 
@@ -521,3 +525,4 @@ TEST_CASE("load_weights: integer entries on float names, stray counters and trun
     unchanged();
   }
 }
+}  // namespace unit_npz

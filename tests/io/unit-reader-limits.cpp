@@ -22,6 +22,10 @@
 
 #include "io_test_util.hpp"
 
+// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
+// each file's helpers and using-directives stay out of its neighbours' way.
+namespace unit_reader_limits {
+
 namespace fs = std::filesystem;
 using namespace qkit::io;
 using qkit::io::detail::put_u16;
@@ -315,3 +319,4 @@ TEST_CASE("tensor_proto limits: dims are checked against the data before allocat
     CHECK(t.ints == std::vector<std::int64_t>{1, -1});
   }
 }
+}  // namespace unit_reader_limits

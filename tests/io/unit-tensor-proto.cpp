@@ -9,6 +9,10 @@
 
 #include "io_test_util.hpp"
 
+// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
+// each file's helpers and using-directives stay out of its neighbours' way.
+namespace unit_tensor_proto {
+
 namespace fs = std::filesystem;
 using namespace qkit::io;
 
@@ -245,3 +249,4 @@ TEST_CASE("tensor_proto: listing test cases by prefix") {
   for (const auto& c : cases) CHECK(fs::path(c).filename().string().rfind("test_gemm_", 0) == 0);
   CHECK_THROWS_AS(list_onnx_test_cases("/nonexistent/qkit", "test_"), qkit::format_error);
 }
+}  // namespace unit_tensor_proto

@@ -10,6 +10,10 @@
 
 #include <qkit/nn/nn.hpp>
 
+// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
+// each file's helpers and using-directives stay out of its neighbours' way.
+namespace unit_dataflow {
+
 using namespace qkit;
 using namespace qkit::nn;
 
@@ -119,3 +123,4 @@ TEST_CASE("weighted layer: input_response is what a constant input shift adds to
   for (std::size_t o = 0; o < 2; ++o)
     CHECK(yb.data()[o] - ya.data()[o] == doctest::Approx(rl[o]).epsilon(1e-4));
 }
+}  // namespace unit_dataflow

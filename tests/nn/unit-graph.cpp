@@ -16,6 +16,10 @@
 
 #include "gradient_check.hpp"
 
+// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
+// each file's helpers and using-directives stay out of its neighbours' way.
+namespace unit_graph {
+
 using namespace qkit::nn;
 using qkit::tensor;
 using qkit_test::random_tensor;
@@ -460,3 +464,4 @@ TEST_CASE("training steps are bit-identical for 1 and 2 threads and run to run")
   const tensor& l = runs[0].back();
   CHECK(l.data()[5] != l.data()[0]);
 }
+}  // namespace unit_graph

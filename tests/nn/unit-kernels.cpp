@@ -11,6 +11,10 @@
 #include <qkit/tensor/elementwise.hpp>
 #include <qkit/tensor/pool.hpp>
 
+// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
+// each file's helpers and using-directives stay out of its neighbours' way.
+namespace unit_kernels {
+
 namespace {
 
 std::vector<float> random_vec(std::size_t n, std::mt19937& rng) {
@@ -152,3 +156,4 @@ TEST_CASE("global average pooling") {
   qkit::global_avg_pool_backward(2, 4, dy.data(), dx.data());
   CHECK(dx == std::vector<float>{1, 1, 1, 1, 2, 2, 2, 2});
 }
+}  // namespace unit_kernels

@@ -11,6 +11,10 @@
 
 #include "gradient_check.hpp"
 
+// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
+// each file's helpers and using-directives stay out of its neighbours' way.
+namespace unit_layers {
+
 using namespace qkit::nn;
 using qkit::tensor;
 using qkit_test::check_gradients;
@@ -286,3 +290,4 @@ TEST_CASE("the gradient checker catches a wrong backward") {
   auto rep = check_gradients(w, random_tensor({4, 4}, rng));
   CHECK(rep.failures > 0);
 }
+}  // namespace unit_layers

@@ -16,6 +16,10 @@
 #include "../../examples/models/training.hpp"
 #include "gradient_check.hpp"
 
+// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
+// each file's helpers and using-directives stay out of its neighbours' way.
+namespace unit_model {
+
 using qkit::tensor;
 
 TEST_CASE("fashion MobileNet: names, structure and size") {
@@ -89,3 +93,4 @@ TEST_CASE("fashion MobileNet: training steps on real images lower the loss") {
   const double acc = qkit::nn::evaluate(model, data, 128);
   CHECK(acc > 0.5);
 }
+}  // namespace unit_model

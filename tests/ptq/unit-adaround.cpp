@@ -18,6 +18,10 @@
 
 #include "ptq_test_util.hpp"
 
+// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
+// each file's helpers and using-directives stay out of its neighbours' way.
+namespace unit_adaround {
+
 using namespace qkit;
 using namespace qkit::nn;
 namespace am = qkit::ptq::adaround_math;
@@ -374,3 +378,4 @@ TEST_CASE("adaround: a failure at a later layer undoes the layers already rounde
   CHECK(sim.summary() == summary);
   CHECK_FALSE(sim.param_quantizer("0.weight").frozen());
 }
+}  // namespace unit_adaround

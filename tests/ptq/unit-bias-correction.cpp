@@ -14,6 +14,10 @@
 #include <qkit/ptq/cross_layer_equalization.hpp>
 #include <qkit/sim/quantsim.hpp>
 
+// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
+// each file's helpers and using-directives stay out of its neighbours' way.
+namespace unit_bias_correction {
+
 using namespace qkit;
 using namespace qkit::nn;
 
@@ -248,3 +252,4 @@ TEST_CASE("bias correction and equalization give the same bits on one and on two
     CHECK(std::memcmp(one.first[i].data(), two.first[i].data(), one.first[i].size() * 4) == 0);
   CHECK(std::memcmp(one.second.data(), two.second.data(), one.second.size() * 4) == 0);
 }
+}  // namespace unit_bias_correction

@@ -11,6 +11,10 @@
 #include <qkit/nn/nn.hpp>
 #include <qkit/ptq/cross_layer_equalization.hpp>
 
+// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
+// each file's helpers and using-directives stay out of its neighbours' way.
+namespace unit_cle {
+
 using namespace qkit;
 using namespace qkit::nn;
 
@@ -313,3 +317,4 @@ TEST_CASE("equalize: a batch norm it cannot fold is an error naming it, model un
   CHECK_THROWS_AS(ptq::equalize(m, x), config_error);
   CHECK(m.get<1>().training());
 }
+}  // namespace unit_cle

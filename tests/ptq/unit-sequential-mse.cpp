@@ -15,6 +15,10 @@
 
 #include "ptq_test_util.hpp"
 
+// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
+// each file's helpers and using-directives stay out of its neighbours' way.
+namespace unit_sequential_mse {
+
 using namespace qkit;
 using namespace qkit::nn;
 
@@ -165,3 +169,4 @@ TEST_CASE("sequential MSE: the same encodings with 1 and 2 threads and again") {
   CHECK(one.activation_encodings == two.activation_encodings);
   CHECK(two.param_encodings == again.param_encodings);
 }
+}  // namespace unit_sequential_mse

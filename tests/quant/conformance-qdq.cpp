@@ -13,6 +13,10 @@
 #include <qkit/io/tensor_proto.hpp>
 #include <qkit/quant/qdq.hpp>
 
+// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
+// each file's helpers and using-directives stay out of its neighbours' way.
+namespace conformance_qdq {
+
 namespace {
 
 namespace io = qkit::io;
@@ -165,3 +169,4 @@ TEST_CASE("conformance: a truncated TensorProto is a format error") {
     CHECK_THROWS_AS(io::read_tensor_proto(cut.string()), qkit::format_error);
   }
 }
+}  // namespace conformance_qdq

@@ -12,6 +12,10 @@
 #include <qkit/quant/encoding_json.hpp>
 #include <qkit/quant/qdq.hpp>
 
+// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
+// each file's helpers and using-directives stay out of its neighbours' way.
+namespace unit_encoding {
+
 using qkit::encoding;
 using qkit::scheme;
 
@@ -256,3 +260,4 @@ TEST_CASE("encoding JSON: errors name the field") {
   CHECK_THROWS_AS(nlohmann::json::array().get<encoding>(), qkit::format_error);
   CHECK_THROWS_AS(nlohmann::json(3).get<encoding>(), qkit::format_error);
 }
+}  // namespace unit_encoding

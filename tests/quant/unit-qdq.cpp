@@ -15,6 +15,10 @@
 #include <qkit/quant/fp16.hpp>
 #include <qkit/quant/qdq.hpp>
 
+// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
+// each file's helpers and using-directives stay out of its neighbours' way.
+namespace unit_qdq {
+
 namespace {
 
 using qkit::encoding;
@@ -580,3 +584,4 @@ TEST_CASE("fp16: SIMD, hardware and generic paths equal the scalar reference bit
     CHECK_SAME_BITS(a, c);
   }
 }
+}  // namespace unit_qdq

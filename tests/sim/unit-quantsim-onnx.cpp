@@ -11,6 +11,10 @@
 
 #include "export/ort_runner.hpp"
 
+// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
+// each file's helpers and using-directives stay out of its neighbours' way.
+namespace unit_quantsim_onnx {
+
 namespace fs = std::filesystem;
 using namespace qkit;
 
@@ -116,3 +120,4 @@ TEST_CASE("ONNX export refuses a grid whose zero point its storage cannot hold")
                        config_error);
   CHECK_FALSE(fs::exists(path));
 }
+}  // namespace unit_quantsim_onnx

@@ -11,6 +11,10 @@
 #include <qkit/nn/batch_norm_fold.hpp>
 #include <qkit/sim/quantsim.hpp>
 
+// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
+// each file's helpers and using-directives stay out of its neighbours' way.
+namespace unit_quantsim {
+
 namespace fs = std::filesystem;
 using namespace qkit;
 
@@ -556,3 +560,4 @@ TEST_CASE("quantsim: compute_encodings and forward are bit-identical for 1 and 2
   }
   CHECK(runs[0].encodings.size() > 10);
 }
+}  // namespace unit_quantsim
