@@ -43,7 +43,7 @@ struct options {
   std::uint32_t seed = 1;
   bool adaround = false;              // also the AdaRound / Sequential MSE table
   bool qat = false;                   // also the QAT table
-  std::size_t qat_steps = 1000;       // batches of 64 per QAT run
+  std::size_t qat_steps = 938;        // batches of 64 per QAT run (one epoch)
   std::size_t adaround_iterations = 0;  // 0: AIMET's default
 };
 
@@ -65,7 +65,7 @@ void usage(std::FILE* to) {
                "                 15,000 under 8 bits)\n"
                "  --qat          also run the QAT table (PTQ vs regular QAT vs range learning at\n"
                "                 W8A8, W4A8, W8A4, W4A4; about 10 minutes on two cores)\n"
-               "  --qat-steps N  batches of 64 per QAT run (default 1000)\n");
+               "  --qat-steps N  batches of 64 per QAT run (default 938: one epoch)\n");
 }
 
 struct usage_error : std::runtime_error {

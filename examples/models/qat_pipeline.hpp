@@ -2,9 +2,11 @@
 // model, shared by the example (`fashion_mnist --qat`, the table of docs/qat.md) and the
 // Fashion test suite (the same runs with fewer steps): min-max PTQ encodings from the 2,000
 // calibration images, then QAT in the loop (regular or range learning) with Adam on the 60,000
-// training images, flip + shift augmented as the model was trained.
+// training images, flip + shift augmented as the model was trained; with batch norms live, BN
+// re-estimation and folding to scale after.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdio>
@@ -13,6 +15,7 @@
 #include <qkit/data/dataset.hpp>
 #include <qkit/nn/evaluate.hpp>
 #include <qkit/nn/fit.hpp>
+#include <qkit/qat/batch_norm.hpp>
 #include <qkit/sim/calibrate.hpp>
 #include <qkit/sim/quantsim.hpp>
 
@@ -23,7 +26,7 @@ namespace fashion {
 
 struct qat_settings {
   qkit::qat_mode mode = qkit::qat_mode::regular;
-  std::size_t steps = 1000;   ///< batches of 64 (938 are one epoch)
+  std::size_t steps = 938;    ///< batches of 64 (938 are one epoch of the 60,000 images)
   float lr = 1e-3f;           ///< Adam, cosine decay to 0 over the steps
   float encoding_lr = 1e-3f;  ///< range learning
 };
@@ -49,13 +52,23 @@ qat_outcome quantization_aware_training(Sim& sim, const qkit::data::dataset& cal
   sim.set_qat_mode(s.mode);
   qkit::nn::adam opt({.lr = s.lr});
   qkit::nn::fit_options o;
-  o.epochs = 1;
-  o.max_steps_per_epoch = s.steps;
+  // About `steps` batches in all, as epochs of equal length (fit caps the batches per epoch, so
+  // a single epoch would stop at 938 whatever `steps` says).
+  const std::size_t per_epoch = (train.size() + o.batch_size - 1) / o.batch_size;
+  o.epochs = std::max<std::size_t>(1, (s.steps + per_epoch - 1) / per_epoch);
+  o.max_steps_per_epoch = (s.steps + o.epochs - 1) / o.epochs;
   o.lr = {.base = s.lr};
   o.encoding_lr = s.encoding_lr;
   o.augment = {.max_shift = 2, .flip = true, .fill = (0.0f - pixel_mean) / pixel_std};
   const auto t0 = std::chrono::steady_clock::now();
   (void)qkit::nn::fit(sim, opt, train, o);
+  // Batch norms live during QAT (a sim built with batch_norm_mode::keep, AIMET's flow for range
+  // learning with per-channel weights): their running statistics are re-estimated on the
+  // quantized model, then they fold into the layers' weights and weight grids, as deployed.
+  if (sim.options().batch_norms == qkit::batch_norm_mode::keep) {
+    (void)qkit::qat::reestimate_bn_stats(sim, train);
+    (void)qkit::qat::fold_all_batch_norms_to_scale(sim);
+  }
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   r.qat = qkit::nn::evaluate(sim, test);
   return r;
@@ -63,7 +76,7 @@ qat_outcome quantization_aware_training(Sim& sim, const qkit::data::dataset& cal
 
 /// The table of docs/qat.md: PTQ only vs regular QAT vs range learning at W8A8, W4A8, W4A4 and
 /// W8A4 (per-tensor weights — also after cross-layer equalization at 4-bit weights — and W4A4
-/// per-channel), `steps` batches each.
+/// per-channel, also with batch norms live), `steps` batches each.
 template <class Model>
 void qat_table(const Model& model, const qkit::data::dataset& train,
                const qkit::data::dataset& test, std::size_t steps) {
@@ -71,16 +84,20 @@ void qat_table(const Model& model, const qkit::data::dataset& train,
   std::printf("\nQuantization-aware training (PTQ encodings from 2,000 training images, then %zu "
               "batches of 64 with Adam, lr 1e-3 cosine)\n%-36s %9s %9s %9s\n",
               steps, "precision, mode", "PTQ", "QAT", "time");
-  auto row = [&](auto preset, qkit::qat_mode mode, bool cle = false) {
+  auto row = [&](auto preset, qkit::qat_mode mode, bool cle = false, bool live_bn = false) {
+    using P = decltype(preset);
     Model m = model;
     const qkit::tensor example = qkit::data::first(test, 1).samples();
     if (cle) (void)qkit::ptq::equalize(m, example);
-    qkit::quantsim<Model, decltype(preset)> sim(m, example);
+    qkit::quantsim_options so;
+    if (live_bn) so.batch_norms = qkit::batch_norm_mode::keep;
+    qkit::quantsim<Model, P> sim(m, example, P::default_config(), {}, {}, so);
     qat_settings s;
     s.mode = mode;
     s.steps = steps;
     const auto r = quantization_aware_training(sim, calib, train, test, s);
-    std::printf("%-36s %8.2f%% %8.2f%% %7.1f s\n", (r.label + (cle ? ", after CLE" : "")).c_str(),
+    const std::string how = cle ? ", after CLE" : live_bn ? ", BN live" : "";
+    std::printf("%-36s %8.2f%% %8.2f%% %7.1f s\n", (r.label + how).c_str(),
                 100 * r.ptq, 100 * r.qat, r.seconds);
     std::fflush(stdout);
   };
@@ -95,6 +112,7 @@ void qat_table(const Model& model, const qkit::data::dataset& train,
     row(w4a4{}, mode);
     row(w4a4{}, mode, true);
     row(w4a4_pc{}, mode);
+    row(w4a4_pc{}, mode, false, true);
   }
 }
 

@@ -13,6 +13,10 @@
 #include "../../examples/models/qat_pipeline.hpp"
 #include "fashion_fixture.hpp"
 
+// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
+// each file's helpers and using-directives stay out of its neighbours' way.
+namespace unit_fashion_qat {
+
 using namespace qkit;
 
 namespace {
@@ -54,7 +58,7 @@ TEST_CASE("QAT on the trained model: W4A8 per-tensor regular QAT after CLE withi
   const tensor example = data::first(d.test, 1).samples();
   (void)ptq::equalize(m, example);
   quantsim<fashion::model_type, presets::w4a8> sim(m, example);
-  const auto r = run_qat(sim, qat_mode::regular, 1000, 1e-3f, 0.0f);
+  const auto r = run_qat(sim, qat_mode::regular, 938, 1e-3f, 0.0f);
   if (!reduced) {
     CHECK(r.qat >= f - 0.005);
     CHECK(r.qat > r.ptq);
@@ -64,16 +68,27 @@ TEST_CASE("QAT on the trained model: W4A8 per-tensor regular QAT after CLE withi
 #endif
 }
 
-TEST_CASE("QAT on the trained model: W4A4 per-channel range learning") {
+// AIMET's flow for range learning with per-channel weights: batch norms live during QAT, then
+// re-estimated on the quantized model and folded into the weight grids (the pipeline does both
+// for a sim built with batch_norm_mode::keep); activation ranges start from TF-Enhanced (AIMET's
+// training_range_learning_with_tf_enhanced_init). Five epochs; docs/qat.md has what the other
+// flows reach.
+TEST_CASE("QAT on the trained model: W4A4 per-channel range learning, batch norms live, TF-Enhanced init") {
   const auto& d = fashion_test::fixture();
   const double f = fp32();
-  quantsim<fashion::model_type, sim_preset<4, 4, true>> sim(d.model, data::first(d.test, 1).samples());
-  const auto r = run_qat(sim, qat_mode::range_learning, 1000, 1e-3f, 1e-3f);
+  using P = sim_preset<4, 4, true>;
+  quantsim<fashion::model_type, P, minmax_range, tf_enhanced_range> sim(
+      d.model, data::first(d.test, 1).samples(), P::default_config(), tf_enhanced_range(), {},
+      {.batch_norms = batch_norm_mode::keep});
+  const auto r = run_qat(sim, qat_mode::range_learning, 5 * 938, 1e-3f, 1e-3f);
   MESSAGE("W4A4 per-channel range learning: " << 100 * r.qat << "% (FP32 " << 100 * f
                                               << "%, target FP32 - 1.0%)");
+  CHECK(sim.folded_batch_norms().size() > 0);  // folded to scale after QAT
   if (!reduced) {
-    CHECK(r.ptq < 0.6);
-    CHECK(r.qat >= 0.87);
+    CHECK(r.ptq < 0.88);
+    // The target (FP32 − 1.0%, 90.60%) is not reached yet: 90.06% measured (docs/qat.md). The
+    // measured figure less 0.5 points, so that a regression shows.
+    CHECK(r.qat >= 0.895);
   }
 }
 
@@ -84,3 +99,4 @@ TEST_CASE("QAT on the trained model: W8A8 no worse than FP32 - 0.2%") {
   const auto r = run_qat(sim, qat_mode::regular, 200, 1e-5f, 0.0f);
   if (!reduced) CHECK(r.qat >= f - 0.002);
 }
+}  // namespace unit_fashion_qat

@@ -7,6 +7,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <vector>
@@ -20,6 +21,10 @@
 #include <qkit/tensor/thread_pool.hpp>
 
 #include "ptq/ptq_test_util.hpp"
+
+// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
+// each file's helpers and using-directives stay out of its neighbours' way.
+namespace unit_qat {
 
 using namespace qkit;
 using ptq_test::normal_tensor;
@@ -88,6 +93,67 @@ TEST_CASE("ste backward: the gradient passes inside the grid and stops where qdq
   CHECK(gf[0] == 1.0f);
   CHECK(gf[1] == 1.0f);
   CHECK(gf[2] == 0.0f);
+}
+
+TEST_CASE("ste backward's SIMD blocks equal the forward's mask and a scalar sum, at every length") {
+  // Lengths around the SIMD width and the 4,096-value block, values inside and outside the
+  // grid, clamped infinities, a NaN x and an infinite gradient outside the grid: g must become
+  // exactly mask·g (ste_mask, the forward's own mask kernel) with 0 — not NaN — where the mask
+  // is 0, and A, B must equal a plain double loop over the same formula.
+  std::mt19937 rng(11);
+  std::normal_distribution<float> d(0.0f, 1.2f);
+  const encoding e = encoding_from_range(-1.0, 2.0, 4);
+  const double scale = e.scale;
+  for (rounding r : {rounding::half_even, rounding::half_away}) {
+    for (std::size_t n : {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{15},
+                          std::size_t{16}, std::size_t{17}, std::size_t{4095}, std::size_t{4096},
+                          std::size_t{4097}, std::size_t{10001}}) {
+      std::vector<float> x(n), g(n), mask(n);
+      for (auto& v : x) v = d(rng);
+      for (auto& v : g) v = d(rng);
+      if (n > 3) {
+        x[0] = std::numeric_limits<float>::infinity();
+        x[1] = -std::numeric_limits<float>::infinity();
+        x[2] = 40.0f;
+      }
+      ste_mask(x.data(), mask.data(), n, e, r);
+      // The scalar formula: T as qdq's integer (the dequantized value over Δ, rounded back).
+      std::vector<float> y(n);
+      qdq(x.data(), y.data(), n, e, r);
+      double want_a = 0.0, want_b = 0.0;
+      for (std::size_t i = 0; i < n; ++i) {
+        const double t = std::nearbyint(double(y[i]) / scale);
+        if (mask[i] != 0.0f) {
+          want_a += double(g[i]) * (t - double(x[i]) / double(float(scale)));
+        } else {
+          want_a += double(g[i]) * t;
+          want_b += double(g[i]);
+        }
+      }
+      std::vector<float> got = g;
+      ste_sums sums;
+      ste_backward(x.data(), got.data(), n, e, r, &sums);
+      std::vector<float> plain = g;
+      ste_backward(x.data(), plain.data(), n, e, r);  // without sums: the other path
+      CAPTURE(n);
+      CAPTURE(static_cast<int>(r));
+      for (std::size_t i = 0; i < n; ++i) {
+        const float want = mask[i] != 0.0f ? g[i] : 0.0f;
+        CHECK(std::memcmp(&got[i], &want, sizeof(float)) == 0);
+        CHECK(std::memcmp(&plain[i], &want, sizeof(float)) == 0);
+      }
+      CHECK(sums.a == doctest::Approx(want_a).epsilon(1e-12));
+      CHECK(sums.b == doctest::Approx(want_b).epsilon(1e-12));
+      if (n > 3) {  // an infinite gradient where the grid clamps is 0 after, not NaN
+        std::vector<float> gi = g;
+        gi[2] = std::numeric_limits<float>::infinity();
+        ste_sums si;
+        ste_backward(x.data(), gi.data(), n, e, r, &si);
+        CHECK(gi[2] == 0.0f);
+        CHECK(std::isinf(si.b));
+      }
+    }
+  }
 }
 
 TEST_CASE("range gradients equal a scalar transcription of AIMET's asymmetric t1/t2 formulas") {
@@ -636,3 +702,4 @@ TEST_CASE("fold_all_batch_norms_to_scale refuses a batch norm with no layer befo
   CHECK(sim.forward(calib) == before);
   CHECK(sim.has_quantizer("0"));
 }
+}  // namespace unit_qat

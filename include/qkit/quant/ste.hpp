@@ -41,26 +41,102 @@ struct range_gradient {
 
 namespace detail {
 
-// One block of the grid backward: g *= mask, and the block's A and B when a_out is given.
-// grid(x) gives (in range, T) as the forward's kernel computes them — division and rounding as
-// it does them, so the mask is the forward's bit for bit.
-template <class Grid>
-inline void ste_block(const float* x, float* g, std::size_t n, float scale, Grid grid,
+// One block (at most ste_block_size values) of the grid backward: g *= mask, and the block's A
+// and B when a_out is given. The mask and T are computed as the forward's kernels compute them
+// (qdq.hpp: the same division, rounding and clamps, SIMD and scalar alike), so the mask is the
+// forward's bit for bit. A and B are summed in double: the SIMD part in per-lane accumulators
+// added lane by lane at the end, the tail after — a fixed order, whatever the thread count.
+inline constexpr std::size_t ste_block_size = 4096;
+
+inline void ste_block(const float* x, float* g, std::size_t n, const qdq_params& p, rounding r,
                       double* a_out, double* b_out) {
-  double a = 0.0, b = 0.0;
-  for (std::size_t i = 0; i < n; ++i) {
-    const auto [in, tc] = grid(x[i]);
-    const float gi = g[i];
-    if (a_out) {
-      a += double(gi) * (in ? double(tc) - double(x[i]) / double(scale) : double(tc));
-      b += in ? 0.0 : double(gi);
+  using B = simd<float>;
+  constexpr std::size_t W = B::size;
+  const B s(p.scale), lo(p.lo), hi(p.hi), fmin(p.fmin), fmax(p.fmax), off(p.off), one(1.0f),
+      zero(0.0f);
+  const bool even = r == rounding::half_even;
+  // T, the mask (1 inside) and x inside the grid (0 outside, so an infinite x that was clamped
+  // adds nothing, as in the scalar formula) of each value, kept for the sums.
+  alignas(64) float tcs[ste_block_size];
+  alignas(64) float ins[ste_block_size];
+  alignas(64) float xin[ste_block_size];
+  const bool sums = a_out != nullptr;
+  const std::size_t nv = n - n % W;
+  for (std::size_t i = 0; i < nv; i += W) {
+    const B v = B::load_unaligned(x + i);
+    typename B::batch_bool_type in;
+    B tc;
+    if (even) {
+      const B t = xsimd::nearbyint(v / s);
+      in = (t >= lo) & (t <= hi);
+      tc = min_or_second(max_or_second(t, lo), hi);
+    } else {
+      in = (v >= fmin) & (v <= fmax);
+      tc = qdq_away_qv(v, s, off, fmin, fmax) + off;
     }
-    g[i] = in ? gi : 0.0f;
+    const B m = xsimd::select(in, one, zero);
+    if (sums) {
+      tc.store_aligned(tcs + i);
+      m.store_aligned(ins + i);
+      xsimd::select(in, v, zero).store_aligned(xin + i);
+    } else {
+      xsimd::select(in, B::load_unaligned(g + i), zero).store_unaligned(g + i);
+    }
   }
-  if (a_out) {
-    *a_out = a;
-    *b_out = b;
+  for (std::size_t i = nv; i < n; ++i) {
+    const float v = x[i];
+    bool in;
+    float tc;
+    if (even) {
+      const float t = std::nearbyint(v / p.scale);
+      in = t >= p.lo && t <= p.hi;
+      tc = t > p.lo ? (t < p.hi ? t : p.hi) : p.lo;
+    } else {
+      in = v >= p.fmin && v <= p.fmax;
+      tc = qdq_away_q(v, p.scale, p.off, p.fmin, p.fmax) + p.off;
+    }
+    if (sums) {
+      tcs[i] = tc;
+      ins[i] = in ? 1.0f : 0.0f;
+      xin[i] = in ? v : 0.0f;
+    } else if (!in) {
+      g[i] = 0.0f;
+    }
   }
+  if (!sums) return;
+  // A = Σ g·(T − mask·x/Δ), B = Σ g·(1 − mask), in double (x/Δ divided in double, as the
+  // scalar formula writes it), then g = mask ? g : 0.
+  using D = simd<double>;
+  constexpr std::size_t WD = D::size;
+  const D scale_d(double(p.scale)), zero_d(0.0);
+  D acc_a(0.0), acc_b(0.0);
+  const std::size_t nd = n - n % WD;
+  for (std::size_t i = 0; i < nd; i += WD) {
+    const D gd = D::load_unaligned(g + i), xd = D::load_unaligned(xin + i);
+    const auto inside = D::load_unaligned(ins + i) != zero_d;
+    acc_a += gd * (D::load_unaligned(tcs + i) - xd / scale_d);
+    acc_b += xsimd::select(inside, zero_d, gd);
+  }
+  alignas(64) double la[WD], lb[WD];
+  acc_a.store_aligned(la);
+  acc_b.store_aligned(lb);
+  double a = 0.0, b = 0.0;
+  for (std::size_t k = 0; k < WD; ++k) {
+    a += la[k];
+    b += lb[k];
+  }
+  for (std::size_t i = nd; i < n; ++i) {
+    const double gi = g[i];
+    a += gi * (double(tcs[i]) - double(xin[i]) / double(p.scale));
+    b += ins[i] != 0.0f ? 0.0 : gi;
+  }
+  *a_out = a;
+  *b_out = b;
+  for (std::size_t i = 0; i < nv; i += W)
+    xsimd::select(B::load_aligned(ins + i) != zero, B::load_unaligned(g + i), zero)
+        .store_unaligned(g + i);
+  for (std::size_t i = nv; i < n; ++i)
+    if (ins[i] == 0.0f) g[i] = 0.0f;
 }
 
 /// g *= mask over n values of one integer grid; with `sums`, also accumulates A and B. The
@@ -71,24 +147,13 @@ inline void ste_block(const float* x, float* g, std::size_t n, float scale, Grid
 inline void ste_backward_grid(const float* x, float* g, std::size_t n, const encoding& e,
                               rounding r, ste_sums* sums) {
   const qdq_params p = params_of(e);
-  constexpr std::size_t block = 4096;
+  constexpr std::size_t block = ste_block_size;
   const std::size_t blocks = (n + block - 1) / block;
   std::vector<double> a(sums ? blocks : 0), b(sums ? blocks : 0);
   parallel_for(0, blocks, 4, [&](std::size_t lo, std::size_t hi) {
     for (std::size_t k = lo; k < hi; ++k) {
       const std::size_t at = k * block, len = std::min(block, n - at);
-      double* ak = sums ? &a[k] : nullptr;
-      double* bk = sums ? &b[k] : nullptr;
-      if (r == rounding::half_even)
-        ste_block(x + at, g + at, len, p.scale, [&p](float v) {
-          const float t = std::nearbyint(v / p.scale);
-          return std::pair{t >= p.lo && t <= p.hi, t > p.lo ? (t < p.hi ? t : p.hi) : p.lo};
-        }, ak, bk);
-      else
-        ste_block(x + at, g + at, len, p.scale, [&p](float v) {
-          return std::pair{v >= p.fmin && v <= p.fmax,
-                           qdq_away_q(v, p.scale, p.off, p.fmin, p.fmax) + p.off};
-        }, ak, bk);
+      ste_block(x + at, g + at, len, p, r, sums ? &a[k] : nullptr, sums ? &b[k] : nullptr);
     }
   });
   if (sums)
