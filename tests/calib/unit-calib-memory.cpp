@@ -16,9 +16,7 @@
 #include <qkit/calib/tf_enhanced.hpp>
 #include <qkit/sim/quantizer.hpp>
 
-// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
-// each file's helpers and using-directives stay out of its neighbours' way.
-namespace unit_calib_memory {
+namespace unit_calib_memory {  // the suite is one translation unit: tests/CMakeLists.txt
 
 using namespace qkit;
 

@@ -10,9 +10,7 @@
 #include <qkit/calib/tf_enhanced.hpp>
 #include <qkit/sim/quantizer.hpp>
 
-// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
-// each file's helpers and using-directives stay out of its neighbours' way.
-namespace unit_quantizer {
+namespace unit_quantizer {  // the suite is one translation unit: tests/CMakeLists.txt
 
 namespace {
 qkit::tensor random_tensor(const qkit::shape_type& shape, unsigned seed, float sigma = 1.0f) {

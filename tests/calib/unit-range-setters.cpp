@@ -16,9 +16,7 @@
 #include <qkit/calib/percentile.hpp>
 #include <qkit/calib/tf_enhanced.hpp>
 
-// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
-// each file's helpers and using-directives stay out of its neighbours' way.
-namespace unit_range_setters {
+namespace unit_range_setters {  // the suite is one translation unit: tests/CMakeLists.txt
 
 namespace {
 std::vector<float> normal(std::size_t n, unsigned seed, float mean = 0.0f, float sigma = 1.0f) {

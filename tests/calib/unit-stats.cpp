@@ -10,9 +10,7 @@
 
 #include <qkit/calib/stats.hpp>
 
-// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
-// each file's helpers and using-directives stay out of its neighbours' way.
-namespace unit_stats {
+namespace unit_stats {  // the suite is one translation unit: tests/CMakeLists.txt
 
 namespace {
 constexpr std::size_t W = qkit::simd<float>::size;

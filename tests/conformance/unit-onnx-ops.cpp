@@ -25,9 +25,7 @@
 #include <qkit/nn/pooling.hpp>
 #include <qkit/tensor/gemm.hpp>
 
-// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
-// each file's helpers and using-directives stay out of its neighbours' way.
-namespace unit_onnx_ops {
+namespace unit_onnx_ops {  // the suite is one translation unit: tests/CMakeLists.txt
 
 using namespace qkit::io;
 using qkit::tensor;

@@ -9,9 +9,7 @@
 #include <qkit/sim/calibrate.hpp>
 #include <qkit/sim/quantsim.hpp>
 
-// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
-// each file's helpers and using-directives stay out of its neighbours' way.
-namespace unit_calibrate {
+namespace unit_calibrate {  // the suite is one translation unit: tests/CMakeLists.txt
 
 using qkit::tensor;
 using namespace qkit;

@@ -12,9 +12,7 @@
 #include <qkit/data/batch.hpp>
 #include <qkit/data/dataset.hpp>
 
-// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
-// each file's helpers and using-directives stay out of its neighbours' way.
-namespace unit_dataset {
+namespace unit_dataset {  // the suite is one translation unit: tests/CMakeLists.txt
 
 using qkit::tensor;
 using namespace qkit::data;

@@ -12,9 +12,7 @@
 
 #include <qkit/tensor/conv.hpp>
 
-// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
-// each file's helpers and using-directives stay out of its neighbours' way.
-namespace unit_conv {
+namespace unit_conv {  // the suite is one translation unit: tests/CMakeLists.txt
 
 namespace {
 

@@ -14,9 +14,7 @@
 
 #include <qkit/tensor/gemm.hpp>
 
-// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
-// each file's helpers and using-directives stay out of its neighbours' way.
-namespace unit_gemm {
+namespace unit_gemm {  // the suite is one translation unit: tests/CMakeLists.txt
 
 namespace {
 

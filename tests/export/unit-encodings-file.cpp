@@ -8,9 +8,7 @@
 
 #include <qkit/io/encodings_file.hpp>
 
-// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
-// each file's helpers and using-directives stay out of its neighbours' way.
-namespace unit_encodings_file {
+namespace unit_encodings_file {  // the suite is one translation unit: tests/CMakeLists.txt
 
 namespace fs = std::filesystem;
 using qkit::encoding;

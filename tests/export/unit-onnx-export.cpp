@@ -24,9 +24,7 @@
 
 #include "ort_runner.hpp"
 
-// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
-// each file's helpers and using-directives stay out of its neighbours' way.
-namespace unit_onnx_export {
+namespace unit_onnx_export {  // the suite is one translation unit: tests/CMakeLists.txt
 
 namespace fs = std::filesystem;
 using qkit::encoding;

@@ -8,9 +8,7 @@
 
 #include <qkit/sim/sim_config.hpp>
 
-// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
-// each file's helpers and using-directives stay out of its neighbours' way.
-namespace unit_sim_config {
+namespace unit_sim_config {  // the suite is one translation unit: tests/CMakeLists.txt
 
 namespace {
 

@@ -12,9 +12,7 @@
 #include "../../examples/models/ptq_pipeline.hpp"
 #include "fashion_fixture.hpp"
 
-// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
-// each file's helpers and using-directives stay out of its neighbours' way.
-namespace unit_fashion_adaround {
+namespace unit_fashion_adaround {  // the suite is one translation unit: tests/CMakeLists.txt
 
 using namespace qkit;
 

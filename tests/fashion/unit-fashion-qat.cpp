@@ -13,9 +13,7 @@
 #include "../../examples/models/qat_pipeline.hpp"
 #include "fashion_fixture.hpp"
 
-// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
-// each file's helpers and using-directives stay out of its neighbours' way.
-namespace unit_fashion_qat {
+namespace unit_fashion_qat {  // the suite is one translation unit: tests/CMakeLists.txt
 
 using namespace qkit;
 

@@ -17,9 +17,7 @@
 #include "export/ort_runner.hpp"
 #include "fashion_fixture.hpp"
 
-// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
-// each file's helpers and using-directives stay out of its neighbours' way.
-namespace unit_fashion_quantsim {
+namespace unit_fashion_quantsim {  // the suite is one translation unit: tests/CMakeLists.txt
 
 using namespace qkit;
 

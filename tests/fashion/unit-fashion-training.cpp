@@ -15,9 +15,7 @@
 #include "../../examples/models/fashion_mobilenet.hpp"
 #include "../../examples/models/training.hpp"
 
-// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
-// each file's helpers and using-directives stay out of its neighbours' way.
-namespace unit_fashion_training {
+namespace unit_fashion_training {  // the suite is one translation unit: tests/CMakeLists.txt
 
 using namespace qkit;
 

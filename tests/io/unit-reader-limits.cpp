@@ -22,9 +22,7 @@
 
 #include "io_test_util.hpp"
 
-// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
-// each file's helpers and using-directives stay out of its neighbours' way.
-namespace unit_reader_limits {
+namespace unit_reader_limits {  // the suite is one translation unit: tests/CMakeLists.txt
 
 namespace fs = std::filesystem;
 using namespace qkit::io;

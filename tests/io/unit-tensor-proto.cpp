@@ -9,9 +9,7 @@
 
 #include "io_test_util.hpp"
 
-// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
-// each file's helpers and using-directives stay out of its neighbours' way.
-namespace unit_tensor_proto {
+namespace unit_tensor_proto {  // the suite is one translation unit: tests/CMakeLists.txt
 
 namespace fs = std::filesystem;
 using namespace qkit::io;

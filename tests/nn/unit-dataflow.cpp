@@ -10,9 +10,7 @@
 
 #include <qkit/nn/nn.hpp>
 
-// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
-// each file's helpers and using-directives stay out of its neighbours' way.
-namespace unit_dataflow {
+namespace unit_dataflow {  // the suite is one translation unit: tests/CMakeLists.txt
 
 using namespace qkit;
 using namespace qkit::nn;

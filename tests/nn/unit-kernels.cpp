@@ -11,9 +11,7 @@
 #include <qkit/tensor/elementwise.hpp>
 #include <qkit/tensor/pool.hpp>
 
-// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
-// each file's helpers and using-directives stay out of its neighbours' way.
-namespace unit_kernels {
+namespace unit_kernels {  // the suite is one translation unit: tests/CMakeLists.txt
 
 namespace {
 

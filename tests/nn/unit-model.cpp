@@ -16,9 +16,7 @@
 #include "../../examples/models/training.hpp"
 #include "gradient_check.hpp"
 
-// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
-// each file's helpers and using-directives stay out of its neighbours' way.
-namespace unit_model {
+namespace unit_model {  // the suite is one translation unit: tests/CMakeLists.txt
 
 using qkit::tensor;
 

@@ -18,9 +18,7 @@
 
 #include "ptq_test_util.hpp"
 
-// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
-// each file's helpers and using-directives stay out of its neighbours' way.
-namespace unit_adaround {
+namespace unit_adaround {  // the suite is one translation unit: tests/CMakeLists.txt
 
 using namespace qkit;
 using namespace qkit::nn;

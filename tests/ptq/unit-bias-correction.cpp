@@ -14,9 +14,7 @@
 #include <qkit/ptq/cross_layer_equalization.hpp>
 #include <qkit/sim/quantsim.hpp>
 
-// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
-// each file's helpers and using-directives stay out of its neighbours' way.
-namespace unit_bias_correction {
+namespace unit_bias_correction {  // the suite is one translation unit: tests/CMakeLists.txt
 
 using namespace qkit;
 using namespace qkit::nn;

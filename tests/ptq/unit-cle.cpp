@@ -11,9 +11,7 @@
 #include <qkit/nn/nn.hpp>
 #include <qkit/ptq/cross_layer_equalization.hpp>
 
-// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
-// each file's helpers and using-directives stay out of its neighbours' way.
-namespace unit_cle {
+namespace unit_cle {  // the suite is one translation unit: tests/CMakeLists.txt
 
 using namespace qkit;
 using namespace qkit::nn;

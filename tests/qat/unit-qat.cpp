@@ -22,9 +22,7 @@
 
 #include "ptq/ptq_test_util.hpp"
 
-// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
-// each file's helpers and using-directives stay out of its neighbours' way.
-namespace unit_qat {
+namespace unit_qat {  // the suite is one translation unit: tests/CMakeLists.txt
 
 using namespace qkit;
 using ptq_test::normal_tensor;

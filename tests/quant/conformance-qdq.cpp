@@ -13,9 +13,7 @@
 #include <qkit/io/tensor_proto.hpp>
 #include <qkit/quant/qdq.hpp>
 
-// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
-// each file's helpers and using-directives stay out of its neighbours' way.
-namespace conformance_qdq {
+namespace conformance_qdq {  // the suite is one translation unit: tests/CMakeLists.txt
 
 namespace {
 

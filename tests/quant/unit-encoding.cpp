@@ -12,9 +12,7 @@
 #include <qkit/quant/encoding_json.hpp>
 #include <qkit/quant/qdq.hpp>
 
-// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
-// each file's helpers and using-directives stay out of its neighbours' way.
-namespace unit_encoding {
+namespace unit_encoding {  // the suite is one translation unit: tests/CMakeLists.txt
 
 using qkit::encoding;
 using qkit::scheme;

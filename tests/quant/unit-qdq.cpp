@@ -15,9 +15,7 @@
 #include <qkit/quant/fp16.hpp>
 #include <qkit/quant/qdq.hpp>
 
-// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
-// each file's helpers and using-directives stay out of its neighbours' way.
-namespace unit_qdq {
+namespace unit_qdq {  // the suite is one translation unit: tests/CMakeLists.txt
 
 namespace {
 

@@ -11,9 +11,7 @@
 
 #include "export/ort_runner.hpp"
 
-// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
-// each file's helpers and using-directives stay out of its neighbours' way.
-namespace unit_quantsim_onnx {
+namespace unit_quantsim_onnx {  // the suite is one translation unit: tests/CMakeLists.txt
 
 namespace fs = std::filesystem;
 using namespace qkit;

@@ -11,9 +11,7 @@
 #include <qkit/nn/batch_norm_fold.hpp>
 #include <qkit/sim/quantsim.hpp>
 
-// Own namespace: the suite compiles as one translation unit (QKIT_TESTS_UNITY), and
-// each file's helpers and using-directives stay out of its neighbours' way.
-namespace unit_quantsim {
+namespace unit_quantsim {  // the suite is one translation unit: tests/CMakeLists.txt
 
 namespace fs = std::filesystem;
 using namespace qkit;
