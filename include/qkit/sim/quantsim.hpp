@@ -341,7 +341,8 @@ class quantsim {
   /// and bias as fold_batch_norms folds them (W' = W·s, b' = β + (b − μ)·s, s = γ/√(var + ε)) and
   /// its weight quantizer's grid with them, per output channel (scale·|s|; the grid mirrored
   /// where s < 0; a per-tensor weight quantizer becomes per-channel), frozen; the bias quantizer
-  /// is dropped (off), and the batch norm's output quantizer becomes the layer's. The result is
+  /// is dropped (off), and the batch norm's output quantizer becomes the layer's (γ and β enter
+  /// quantized where their quantizers were turned on: QuantSim builds them off). The result is
   /// the folded simulation of the QAT'd model and exports like any other. Range learning ends
   /// (the learned ranges are installed first; call set_qat_mode again to go on). Errors: training
   /// mode, a batch norm that does not follow a conv/linear whose only reader it is
@@ -355,8 +356,12 @@ class quantsim {
       std::string layer, output;  // the conv/linear and its output tensor
       nn::weighted_layer* weighted;
       nn::batch_norm* bn;
+      tensor gamma, beta;  // as the live simulation used them (quantized if theirs were on)
       std::vector<encoding> weight_encodings;  // the scaled grid, one per output channel
     };
+    // The grids the last forward used (a forward installs them too; an optimizer step since
+    // has not, and these are what the live simulation computes with).
+    if (qat_ == qat_mode::range_learning) install_learned_ranges();
     std::vector<plan> plans;
     for (const auto& n : flow_.nodes) {
       if (!n.live_batch_norm) continue;
@@ -368,13 +373,20 @@ class quantsim {
       nn::batch_norm& bn = *n.live_batch_norm;
       const auto& wq = params_[param_index_.at(prev->name + ".weight")];
       const std::size_t O = prev->weighted->output_channels();
-      plan p{prev->name, prev->output, prev->weighted, &bn, {}};
+      plan p{prev->name, prev->output, prev->weighted, &bn, bn.weight(), bn.bias(), {}};
+      // QuantSim leaves a foldable batch norm's parameters unquantized, as AIMET does; where
+      // the user turned their quantizers on, the fold uses the quantized γ and β the live
+      // simulation computed with (AIMET folds inside _quantize_params for the same reason),
+      // so the folded simulation computes what the live one did.
+      for (auto [kind, value] : {std::pair{".weight", &p.gamma}, std::pair{".bias", &p.beta}})
+        if (auto it = param_index_.find(n.name + kind); it != param_index_.end())
+          if (const auto& q = params_[it->second]; !passes_through(q)) *value = q.qdq(*value);
       if (wq.enabled() && wq.settings().dtype == dtype::integer && wq.bitwidth() < 32) {
         QKIT_PRECONDITION(wq.has_encodings(), calibration_error, "quantsim: fold_batch_norms_to_scale: "
                           "weight quantizer '", wq.name(), "' has no encodings");
         for (std::size_t o = 0; o < O; ++o) {
           const encoding& e = wq.encodings()[wq.per_channel() ? o : 0];
-          const double sc = double(bn.weight()(o)) /
+          const double sc = double(p.gamma(o)) /
                             std::sqrt(double(bn.running_var()(o)) + double(bn.epsilon()));
           const double step = e.scale * std::fabs(sc);
           QKIT_PRECONDITION(step > 0.0 && std::isfinite(step), config_error,
@@ -389,13 +401,14 @@ class quantsim {
       }
       plans.push_back(std::move(p));
     }
-    if (qat_ == qat_mode::range_learning) install_learned_ranges();
 
     // Every check passed: fold, then rebuild the quantizers of the folded graph and give each
     // the state it had (the layer's output quantizer takes the batch norm's).
     std::unordered_map<std::string, std::string> takes_from;  // new name -> old name
     std::vector<nn::batch_norm_fold> folded;
     for (const auto& p : plans) {
+      p.bn->weight() = p.gamma;
+      p.bn->bias() = p.beta;
       nn::detail::fold_into(*p.weighted, *p.bn);
       takes_from[p.output] = p.bn->name();
       folded.push_back({p.layer, p.bn->name()});
@@ -1145,10 +1158,17 @@ class quantsim {
     for (std::size_t i = 0; i < flow_.nodes.size(); ++i) node_index_[flow_.nodes[i].layer] = i;
     // A live batch norm is fused with the conv or linear before it on the target (it folds at
     // export): no quantizer between them.
+    // Its γ and β fold into the layer's weights and bias there, which are what is quantized:
+    // AIMET's QuantSim disables a foldable batch norm's parameter quantizers too. (Quantized
+    // live, a per-channel γ would even become a learned per-channel gain in range learning,
+    // one that the fold would then have to carry.)
     for (const auto& n : flow_.nodes) {
       const auto* next = n.weighted ? flow_.sole_consumer(n) : nullptr;
-      if (next && next->kind == nn::op_kind::batch_norm)
-        acts_[act_index_.at(n.output)].set_enabled(false);
+      if (!next || next->kind != nn::op_kind::batch_norm) continue;
+      acts_[act_index_.at(n.output)].set_enabled(false);
+      for (const char* kind : {".weight", ".bias"})
+        if (auto it = param_index_.find(next->name + kind); it != param_index_.end())
+          params_[it->second].set_enabled(false);
     }
     // An op that wants its inputs quantized gets the quantizer of whatever feeds it.
     for (const auto& node : flow_.nodes) {
