@@ -16,6 +16,16 @@
 
 namespace qkit_fuzz {
 
+/// Writes the bytes to `p`. Not std::filesystem::copy_file: it copies with sendfile, which
+/// libFuzzer's timer signal can interrupt (EINTR escapes as a filesystem_error), and the
+/// harness must not fail where the reader did not.
+inline void write_file(const std::filesystem::path& p, const std::uint8_t* data, std::size_t size) {
+  std::FILE* f = std::fopen(p.c_str(), "wb");
+  if (!f) __builtin_trap();  // the harness itself is broken, not the reader
+  if (size && std::fwrite(data, 1, size, f) != size) __builtin_trap();
+  std::fclose(f);
+}
+
 /// A per-process temporary path with the given suffix, rewritten for every input.
 inline std::filesystem::path input_file(const std::uint8_t* data, std::size_t size,
                                         const std::string& suffix) {
@@ -26,10 +36,7 @@ inline std::filesystem::path input_file(const std::uint8_t* data, std::size_t si
     return d;
   }();
   const std::filesystem::path p = dir / ("input" + suffix);
-  std::FILE* f = std::fopen(p.c_str(), "wb");
-  if (!f) __builtin_trap();  // the harness itself is broken, not the reader
-  if (size && std::fwrite(data, 1, size, f) != size) __builtin_trap();
-  std::fclose(f);
+  write_file(p, data, size);
   return p;
 }
 

@@ -19,8 +19,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     std::filesystem::create_directories(d / "test_data_set_0");
     return d;
   }();
-  std::filesystem::copy_file(path, dir / "model.onnx",
-                             std::filesystem::copy_options::overwrite_existing);
+  qkit_fuzz::write_file(dir / "model.onnx", data, size);
   qkit_fuzz::expect_only_qkit_errors([&] {
     const auto tc = qkit::io::load_onnx_test_case(dir.string());
     for (const auto& t : tc.initializers) (void)qkit::io::to_tensor(t);
