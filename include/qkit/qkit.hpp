@@ -51,3 +51,5 @@
 #include "ptq/cross_layer_equalization.hpp"
 #include "ptq/bias_correction.hpp"
 #include "qat/qat.hpp"
+
+#include "analysis/quant_analyzer.hpp"

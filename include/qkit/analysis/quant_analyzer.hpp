@@ -1,0 +1,367 @@
+// qkit/analysis/quant_analyzer.hpp — AIMET's QuantAnalyzer over a calibrated QuantSim: how
+// much of the accuracy loss comes from the weights and how much from the activations, which
+// layer's quantizers hurt alone (only that layer quantized) and in company (all quantized but
+// that layer), each layer's encoding ranges, and each layer's output error (MSE against the
+// FP32 model). Each analysis writes `<name>.json` into the results folder in AIMET's layout
+// (docs/analysis.md), so scripts written for AIMET's results read qkit's.
+//
+// The sim's quantizer state is the analyzer's reference: a quantizer counts as "on" when it is
+// enabled when the analysis starts, and every analysis gives the sim back with exactly that
+// state, also when the evaluation throws part way. The evaluation is the user's callback (a
+// score, higher is better), as in AIMET; the analyzer counts the calls and reports each
+// analysis's cost in evaluations. Per-layer MSE does not evaluate: it runs the unlabeled
+// samples twice (FP32, quantized) and reads every layer's output from the same two passes.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "../config.hpp"
+#include "../data/batch.hpp"
+#include "../data/dataset.hpp"
+#include "../error.hpp"
+#include "../io/atomic_file.hpp"
+#include "../nn/dataflow.hpp"
+#include "../sim/quantsim.hpp"
+#include "../tensor/tensor.hpp"
+
+namespace qkit::analysis {
+
+/// One layer's quantizers as QuantAnalyzer toggles them (AIMET toggles a layer's wrapper):
+/// its parameter quantizers, its output quantizer, and the model input's quantizer for a layer
+/// that reads the model input. Only quantizers enabled at the time count.
+struct layer_quantizers {
+  std::string layer;
+  std::vector<std::string> quantizers;
+};
+
+/// The layers of `sim` that have at least one enabled quantizer, in dataflow order.
+template <class Sim>
+std::vector<layer_quantizers> quantized_layers(const Sim& sim) {
+  std::vector<layer_quantizers> out;
+  const nn::dataflow& flow = sim.dataflow();
+  std::set<std::string> on;
+  sim.for_each_quantizer([&](const std::string& name, quantizer_kind, const auto& q) {
+    if (q.enabled()) on.insert(name);
+  });
+  auto enabled = [&](const std::string& name) { return on.count(name) > 0; };
+  for (const auto& n : flow.nodes) {
+    layer_quantizers g{n.name, {}};
+    for (const auto& in : n.inputs)
+      if (in == flow.input && enabled(in)) g.quantizers.push_back(in);
+    for (const char* p : {".weight", ".bias"})
+      if (enabled(n.name + p)) g.quantizers.push_back(n.name + p);
+    if (enabled(n.output)) g.quantizers.push_back(n.output);
+    if (!g.quantizers.empty()) out.push_back(std::move(g));
+  }
+  return out;
+}
+
+/// Scores of the whole model: FP32 (every quantizer off), weights only, activations only,
+/// and everything quantized (the sim as given).
+struct sensitivity {
+  double fp32 = 0.0, weights_quantized = 0.0, activations_quantized = 0.0, quantized = 0.0;
+};
+
+/// {layer, value} in dataflow order.
+using per_layer_values = std::vector<std::pair<std::string, double>>;
+
+/// Progress of an analysis, reported before each evaluation (or batch, for per-layer MSE).
+struct analysis_progress {
+  std::string analysis;
+  std::string layer;  ///< empty for whole-model steps
+  std::size_t index = 0, total = 0;
+};
+
+struct quant_analyzer_options {
+  /// Where the JSON files go (created when missing).
+  std::filesystem::path results_dir = "quant_analyzer_results";
+  /// Per-layer MSE: samples of the unlabeled data used (AIMET's example: 256) and their batch.
+  std::size_t mse_samples = 256;
+  std::size_t mse_batch_size = 32;
+  std::function<void(const analysis_progress&)> progress;
+};
+
+/// What one analysis cost: evaluation callbacks, or for per-layer MSE forward passes over its
+/// samples (two: FP32 and quantized).
+struct analysis_cost {
+  std::string analysis;
+  std::size_t evaluations = 0;
+  std::size_t forward_passes = 0;
+  std::size_t layers = 0;
+};
+
+template <class Sim>
+class quant_analyzer {
+ public:
+  using eval_callback = std::function<double(Sim&)>;
+
+  /// `sim` must be calibrated (every enabled integer quantizer with encodings): the analyses
+  /// compare it with itself under other enablements, they do not calibrate.
+  quant_analyzer(Sim& sim, eval_callback evaluate, quant_analyzer_options options = {})
+      : sim_(sim), evaluate_(std::move(evaluate)), options_(std::move(options)) {
+    QKIT_PRECONDITION(static_cast<bool>(evaluate_), config_error,
+                      "quant_analyzer: no evaluation callback");
+    QKIT_PRECONDITION(!options_.results_dir.empty(), config_error,
+                      "quant_analyzer: results_dir is empty");
+    sim_.for_each_quantizer([&](const std::string& name, quantizer_kind, const auto& q) {
+      QKIT_PRECONDITION(!q.enabled() || q.settings().dtype != dtype::integer || q.bitwidth() >= 32 ||
+                            q.has_encodings(),
+                        calibration_error, "quant_analyzer: quantizer '", name,
+                        "' is enabled but has no encodings (compute_encodings first)");
+    });
+  }
+
+  const quant_analyzer_options& options() const { return options_; }
+  /// The cost of each analysis run so far, in the order they ran.
+  const std::vector<analysis_cost>& costs() const { return costs_; }
+
+  /// FP32, weight-only, activation-only and fully quantized scores; writes
+  /// `model_sensitivity.json` (AIMET only logs these). Four evaluations.
+  sensitivity check_model_sensitivity_to_quantization() {
+    const std::string name = "model_sensitivity";
+    sensitivity s;
+    with_state_restored([&](const std::set<std::string>& on) {
+      begin(name, 0);
+      const auto is_param = params();
+      s.fp32 = score(name, "", 0, 4, [&](const std::string&) { return false; });
+      s.weights_quantized = score(name, "", 1, 4, [&](const std::string& q) {
+        return on.count(q) && is_param.count(q);
+      });
+      s.activations_quantized = score(name, "", 2, 4, [&](const std::string& q) {
+        return on.count(q) && !is_param.count(q);
+      });
+      s.quantized = score(name, "", 3, 4, [&](const std::string& q) { return on.count(q) > 0; });
+    });
+    nlohmann::ordered_json j;
+    j["fp32"] = s.fp32;
+    j["weights_quantized"] = s.weights_quantized;
+    j["activations_quantized"] = s.activations_quantized;
+    j["quantized"] = s.quantized;
+    write_json(name + ".json", j);
+    return s;
+  }
+
+  /// One layer's quantizers on at a time, every other quantizer off: {layer: score};
+  /// writes `per_layer_quant_enabled.json`. One evaluation per quantized layer.
+  per_layer_values per_layer_quant_enabled() {
+    return per_layer("per_layer_quant_enabled", true);
+  }
+  /// Every quantizer on but one layer's: {layer: score}; writes `per_layer_quant_disabled.json`.
+  /// One evaluation per quantized layer.
+  per_layer_values per_layer_quant_disabled() {
+    return per_layer("per_layer_quant_disabled", false);
+  }
+
+  /// The encodings' [min, max] of every enabled quantizer, by layer as AIMET names them
+  /// (`<layer>_input_0`, `<layer>_output_0` for activations, `<layer>_<param>` for parameters;
+  /// a per-channel quantizer gives {"<channel>": [min, max]}); writes
+  /// `min_max_ranges/weights.json` and `min_max_ranges/activations.json`. No evaluation.
+  void export_per_layer_encoding_min_max_range() {
+    begin("min_max_ranges", 0);
+    nlohmann::ordered_json weights = nlohmann::ordered_json::object();
+    nlohmann::ordered_json activations = nlohmann::ordered_json::object();
+    for (const auto& g : quantized_layers(sim_)) {
+      for (const auto& q : g.quantizers) {
+        sim_.with_quantizer(q, [&](const auto& quant) {
+          // A float16 quantizer has no range to show.
+          if (quant.settings().dtype == dtype::floating || !quant.has_encodings()) return;
+          const bool param = q.size() > g.layer.size() && q.compare(0, g.layer.size() + 1, g.layer + ".") == 0;
+          const auto& encs = quant.encodings();
+          nlohmann::ordered_json v;
+          if (quant.per_channel()) {
+            v = nlohmann::ordered_json::object();
+            for (std::size_t c = 0; c < encs.size(); ++c)
+              v[std::to_string(c)] = {encs[c].min, encs[c].max};
+          } else {
+            v = {encs[0].min, encs[0].max};
+          }
+          if (param)
+            weights[g.layer + "_" + q.substr(g.layer.size() + 1)] = v;
+          else
+            activations[g.layer + (q == sim_.dataflow().input ? "_input_0" : "_output_0")] = v;
+        });
+      }
+    }
+    write_json("min_max_ranges/weights.json", weights);
+    write_json("min_max_ranges/activations.json", activations);
+  }
+
+  /// Mean squared error between each layer's output in the FP32 model (every quantizer off)
+  /// and in the quantized sim (its output after its output quantizer, errors of the layers
+  /// before it included), over the first `mse_samples` of `unlabeled`: {layer: mse}, every
+  /// layer of the dataflow; writes `per_layer_mse_loss.json`. Two forward passes over the
+  /// samples for all layers together, not two per layer.
+  per_layer_values per_layer_mse_loss(const data::dataset& unlabeled) {
+    const std::string name = "per_layer_mse_loss";
+    QKIT_PRECONDITION(!unlabeled.empty(), data_error, "quant_analyzer: ", name,
+                      ": the unlabeled data set is empty");
+    QKIT_PRECONDITION(options_.mse_samples > 0 && options_.mse_batch_size > 0, config_error,
+                      "quant_analyzer: ", name, ": mse_samples and mse_batch_size must be > 0");
+    const nn::dataflow& flow = sim_.dataflow();
+    std::map<std::string, std::size_t> index;
+    for (std::size_t i = 0; i < flow.nodes.size(); ++i) index[flow.nodes[i].name] = i;
+    std::vector<double> sum(flow.nodes.size(), 0.0);
+    std::vector<std::size_t> count(flow.nodes.size(), 0);
+    std::vector<tensor> fp32(flow.nodes.size());
+    begin(name, 0);
+    costs_.back().layers = flow.nodes.size();
+    const auto range = data::batches(unlabeled, options_.mse_batch_size, options_.mse_samples);
+    const std::size_t total = range.size();
+    std::size_t b_index = 0;
+    with_state_restored([&](const std::set<std::string>& on) {
+      for (const data::batch& b : range) {
+        if (options_.progress) options_.progress({name, "", b_index, total});
+        ++b_index;
+        set_enabled([](const std::string&) { return false; });
+        capture_outputs fp{&index, &fp32, nullptr, nullptr, nullptr};
+        (void)sim_.forward(b.samples, fp);
+        set_enabled([&](const std::string& q) { return on.count(q) > 0; });
+        capture_outputs qz{&index, nullptr, &fp32, &sum, &count};
+        (void)sim_.forward(b.samples, qz);
+      }
+    });
+    costs_.back().forward_passes = 2;
+    per_layer_values out;
+    nlohmann::ordered_json j = nlohmann::ordered_json::object();
+    for (std::size_t i = 0; i < flow.nodes.size(); ++i) {
+      const double mse = count[i] ? sum[i] / double(count[i]) : 0.0;
+      out.emplace_back(flow.nodes[i].name, mse);
+      j[flow.nodes[i].name] = mse;
+    }
+    write_json(name + ".json", j);
+    return out;
+  }
+
+ private:
+  // Sees every layer's output: the FP32 pass stores them, the quantized pass adds the squared
+  // difference to the stored ones.
+  struct capture_outputs {
+    const std::map<std::string, std::size_t>* index;
+    std::vector<tensor>* store;
+    const std::vector<tensor>* reference;
+    std::vector<double>* sum;
+    std::vector<std::size_t>* count;
+    template <class L>
+    void layer_output(const nn::dataflow_node& n, const L&, const tensor&, const tensor& after) {
+      const std::size_t i = index->at(n.name);
+      if (store) {
+        (*store)[i] = after;
+        return;
+      }
+      const tensor& r = (*reference)[i];
+      QKIT_PRECONDITION(r.shape() == after.shape(), shape_error, "quant_analyzer: layer '", n.name,
+                        "' gave outputs of shape ", shape_string(after.shape()), " and ",
+                        shape_string(r.shape()), " on the same batch");
+      double s = 0.0;
+      const float* a = after.data();
+      const float* f = r.data();
+      for (std::size_t k = 0; k < after.size(); ++k) {
+        const double d = double(a[k]) - double(f[k]);
+        s += d * d;
+      }
+      (*sum)[i] += s;
+      (*count)[i] += after.size();
+    }
+  };
+
+  std::set<std::string> params() const {
+    std::set<std::string> out;
+    sim_.for_each_quantizer([&](const std::string& name, quantizer_kind k, const auto&) {
+      if (k == quantizer_kind::param) out.insert(name);
+    });
+    return out;
+  }
+
+  std::set<std::string> enabled_now() const {
+    std::set<std::string> on;
+    sim_.for_each_quantizer([&](const std::string& name, quantizer_kind, const auto& q) {
+      if (q.enabled()) on.insert(name);
+    });
+    return on;
+  }
+
+  template <class Pred>
+  void set_enabled(Pred&& pred) {
+    sim_.for_each_quantizer(
+        [&](const std::string& name, quantizer_kind, auto& q) { q.set_enabled(pred(name)); });
+  }
+
+  // Runs f(the enabled set) and puts every quantizer's enabled flag back, also on an error.
+  template <class F>
+  void with_state_restored(F&& f) {
+    const std::set<std::string> on = enabled_now();
+    struct restore {
+      quant_analyzer* self;
+      const std::set<std::string>* on;
+      ~restore() {
+        self->set_enabled([&](const std::string& q) { return on->count(q) > 0; });
+      }
+    } guard{this, &on};
+    f(on);
+  }
+
+  void begin(const std::string& name, std::size_t layers) {
+    costs_.push_back({name, 0, 0, layers});
+  }
+
+  // Sets the enablement, evaluates, checks the score.
+  template <class Pred>
+  double score(const std::string& analysis, const std::string& layer, std::size_t i,
+               std::size_t total, Pred&& pred) {
+    if (options_.progress) options_.progress({analysis, layer, i, total});
+    set_enabled(pred);
+    const double s = evaluate_(sim_);
+    ++costs_.back().evaluations;
+    QKIT_PRECONDITION(std::isfinite(s), error, "quant_analyzer: ", analysis,
+                      ": the evaluation callback returned ", s,
+                      layer.empty() ? std::string() : " for layer '" + layer + "'",
+                      " (a score must be a finite number)");
+    return s;
+  }
+
+  per_layer_values per_layer(const std::string& name, bool only_this_layer) {
+    const auto layers = quantized_layers(sim_);
+    begin(name, layers.size());
+    per_layer_values out;
+    with_state_restored([&](const std::set<std::string>& on) {
+      for (std::size_t i = 0; i < layers.size(); ++i) {
+        const std::set<std::string> mine(layers[i].quantizers.begin(), layers[i].quantizers.end());
+        out.emplace_back(layers[i].layer,
+                         score(name, layers[i].layer, i, layers.size(), [&](const std::string& q) {
+                           return only_this_layer ? mine.count(q) > 0
+                                                  : on.count(q) > 0 && !mine.count(q);
+                         }));
+      }
+    });
+    nlohmann::ordered_json j = nlohmann::ordered_json::object();
+    for (const auto& [layer, s] : out) j[layer] = s;
+    write_json(name + ".json", j);
+    return out;
+  }
+
+  void write_json(const std::string& relative, const nlohmann::ordered_json& j) {
+    const std::filesystem::path p = options_.results_dir / relative;
+    std::error_code ec;
+    std::filesystem::create_directories(p.parent_path(), ec);
+    QKIT_PRECONDITION(!ec, error, "quant_analyzer: cannot create the results folder '",
+                      p.parent_path().string(), "': ", ec.message());
+    io::write_file_atomically(p, j.dump(2) + "\n");
+  }
+
+  Sim& sim_;
+  eval_callback evaluate_;
+  quant_analyzer_options options_;
+  std::vector<analysis_cost> costs_;
+};
+
+}  // namespace qkit::analysis

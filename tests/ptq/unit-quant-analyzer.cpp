@@ -1,0 +1,295 @@
+// QuantAnalyzer on a three-layer model (linear → ReLU → linear) whose every score the test works
+// out itself: the quantized forward written here from the encodings' scale and offset with the
+// quantize formula of DESIGN.md (not qkit's kernels), the score a negative MSE against the FP32
+// output, so each per-layer enablement, the sensitivity and the per-layer MSE have a closed form.
+// (In the ptq suite, not a suite of its own, to keep test executables few until analysis/
+// grows its own.)
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <stdexcept>
+
+#include <nlohmann/json.hpp>
+
+#include <qkit/analysis/quant_analyzer.hpp>
+#include <qkit/nn/nn.hpp>
+#include <qkit/sim/calibrate.hpp>
+#include <qkit/sim/quantsim.hpp>
+
+namespace unit_quant_analyzer {  // the suite is one translation unit: tests/CMakeLists.txt
+
+using namespace qkit;
+using namespace qkit::nn;
+
+namespace {
+
+tensor normal(std::size_t n, std::size_t d, std::uint32_t seed) {
+  tensor x = tensor::from_shape({n, d});
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  for (auto& v : x) v = g(rng);
+  return x;
+}
+
+auto make_model() {
+  auto m = sequential(linear(4, 3), relu(), linear(3, 2));
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> u(-0.8f, 0.8f);
+  for (auto& v : m.get<0>().weight()) v = u(rng);
+  for (auto& v : m.get<0>().bias()) v = u(rng);
+  for (auto& v : m.get<2>().weight()) v = u(rng);
+  for (auto& v : m.get<2>().bias()) v = u(rng);
+  return m;
+}
+using model_t = decltype(make_model());
+
+// q = clamp(round(x / scale) - offset, 0, 2^bw - 1), x̂ = scale * (q + offset) (DESIGN.md).
+double qdq(double x, const encoding& e) {
+  const double q = std::clamp(std::nearbyint(x / e.scale) - double(e.offset), 0.0,
+                              std::ldexp(1.0, e.bitwidth) - 1.0);
+  return e.scale * (q + double(e.offset));
+}
+
+// Which quantizers the hand-written forward applies.
+struct on_set {
+  bool input = false, w0 = false, relu_out = false, w2 = false, out = false;
+};
+
+// The model's output for x with the chosen quantizers, from the sim's encodings.
+template <class Sim>
+std::vector<double> forward_by_hand(Sim& sim, const model_t& m, const tensor& x, on_set s) {
+  const auto& L0 = m.get<0>();
+  const auto& L2 = m.get<2>();
+  auto enc = [&](const std::string& q) { return sim.with_quantizer(q, [](auto& z) { return z.encodings()[0]; }); };
+  std::vector<double> y;
+  for (std::size_t n = 0; n < x.shape(0); ++n) {
+    std::vector<double> h(3);
+    for (std::size_t o = 0; o < 3; ++o) {
+      double a = L0.bias()(o);
+      for (std::size_t i = 0; i < 4; ++i) {
+        const double xi = s.input ? qdq(x(n, i), enc("input")) : x(n, i);
+        const double w = s.w0 ? qdq(L0.weight()(o, i), enc("0.weight")) : L0.weight()(o, i);
+        a += w * xi;
+      }
+      a = std::max(a, 0.0);
+      h[o] = s.relu_out ? qdq(a, enc("1")) : a;
+    }
+    for (std::size_t o = 0; o < 2; ++o) {
+      double a = L2.bias()(o);
+      for (std::size_t i = 0; i < 3; ++i)
+        a += (s.w2 ? qdq(L2.weight()(o, i), enc("2.weight")) : L2.weight()(o, i)) * h[i];
+      y.push_back(s.out ? qdq(a, enc("2")) : a);
+    }
+  }
+  return y;
+}
+
+double neg_mse(const std::vector<double>& a, const std::vector<double>& b) {
+  double s = 0.0;
+  for (std::size_t i = 0; i < a.size(); ++i) s += (a[i] - b[i]) * (a[i] - b[i]);
+  return -s / double(a.size());
+}
+
+struct fixture {
+  model_t model = make_model();
+  tensor eval_x = normal(64, 4, 11);
+  quantsim<model_t, presets::w4a8> sim{model, normal(1, 4, 1)};
+  std::vector<double> reference;
+  std::filesystem::path dir = std::filesystem::path(QKIT_TEST_OUTPUT) / "quant_analyzer";
+  fixture() {
+    calibrate(sim, data::dataset(normal(256, 4, 5)), 256);
+    reference = forward_by_hand(sim, model, eval_x, {});
+    std::filesystem::remove_all(dir);
+  }
+  // The score: −MSE of the sim's output against the FP32 output on eval_x.
+  std::function<double(decltype(sim)&)> score() {
+    return [this](auto& s) {
+      const tensor y = s.forward(eval_x);
+      std::vector<double> v(y.begin(), y.end());
+      return neg_mse(v, reference);
+    };
+  }
+  double by_hand(on_set s) { return neg_mse(forward_by_hand(sim, model, eval_x, s), reference); }
+  std::set<std::string> enabled() {
+    std::set<std::string> on;
+    sim.for_each_quantizer([&](const std::string& n, quantizer_kind, const auto& q) {
+      if (q.enabled()) on.insert(n);
+    });
+    return on;
+  }
+};
+
+nlohmann::json read_json(const std::filesystem::path& p) {
+  std::ifstream in(p);
+  REQUIRE_MESSAGE(in.good(), "missing ", p.string());
+  return nlohmann::json::parse(in);
+}
+
+}  // namespace
+
+TEST_CASE("quant_analyzer: the quantized layers and their quantizers, as AIMET toggles a layer") {
+  fixture f;
+  const auto layers = analysis::quantized_layers(f.sim);
+  // The linear before the ReLU has no output quantizer (the pair is one supergroup); the biases
+  // are not quantized (AIMET's default config).
+  REQUIRE(layers.size() == 3);
+  CHECK(layers[0].layer == "0");
+  CHECK(layers[0].quantizers == std::vector<std::string>{"input", "0.weight"});
+  CHECK(layers[1].layer == "1");
+  CHECK(layers[1].quantizers == std::vector<std::string>{"1"});
+  CHECK(layers[2].layer == "2");
+  CHECK(layers[2].quantizers == std::vector<std::string>{"2.weight", "2"});
+}
+
+TEST_CASE("quant_analyzer: sensitivity and per-layer enablement equal the scores worked by hand") {
+  fixture f;
+  const auto before = f.enabled();
+  analysis::quant_analyzer_options opt;
+  opt.results_dir = f.dir;
+  analysis::quant_analyzer<decltype(f.sim)> qa(f.sim, f.score(), opt);
+
+  const auto s = qa.check_model_sensitivity_to_quantization();
+  const auto near = [](double got, double want) {
+    return std::fabs(got - want) <= 1e-5 * std::max(1e-3, std::fabs(want));
+  };
+  CHECK(std::fabs(s.fp32) < 1e-10);
+  CHECK(near(s.weights_quantized, f.by_hand({.w0 = true, .w2 = true})));
+  CHECK(near(s.activations_quantized, f.by_hand({.input = true, .relu_out = true, .out = true})));
+  CHECK(near(s.quantized, f.by_hand({true, true, true, true, true})));
+  CHECK(f.enabled() == before);
+
+  const auto en = qa.per_layer_quant_enabled();
+  REQUIRE(en.size() == 3);
+  CHECK(near(en[0].second, f.by_hand({.input = true, .w0 = true})));
+  CHECK(near(en[1].second, f.by_hand({.relu_out = true})));
+  CHECK(near(en[2].second, f.by_hand({.w2 = true, .out = true})));
+  CHECK(f.enabled() == before);
+
+  const auto dis = qa.per_layer_quant_disabled();
+  REQUIRE(dis.size() == 3);
+  CHECK(near(dis[0].second, f.by_hand({.relu_out = true, .w2 = true, .out = true})));
+  CHECK(near(dis[1].second, f.by_hand({.input = true, .w0 = true, .w2 = true, .out = true})));
+  CHECK(near(dis[2].second, f.by_hand({.input = true, .w0 = true, .relu_out = true})));
+  CHECK(f.enabled() == before);
+
+  // The files hold the same numbers, keyed by layer in dataflow order.
+  const auto j = read_json(f.dir / "per_layer_quant_enabled.json");
+  REQUIRE(j.size() == 3);
+  CHECK(j.at("2").get<double>() == en[2].second);
+  CHECK(read_json(f.dir / "per_layer_quant_disabled.json").at("0").get<double>() == dis[0].second);
+  CHECK(read_json(f.dir / "model_sensitivity.json").at("quantized").get<double>() == s.quantized);
+
+  // Cost: 4 evaluations for the sensitivity, one per layer for each per-layer analysis.
+  REQUIRE(qa.costs().size() == 3);
+  CHECK(qa.costs()[0].evaluations == 4);
+  CHECK(qa.costs()[1].evaluations == 3);
+  CHECK(qa.costs()[2].evaluations == 3);
+}
+
+TEST_CASE("quant_analyzer: per-layer MSE against the FP32 layer outputs worked by hand") {
+  fixture f;
+  analysis::quant_analyzer_options opt;
+  opt.results_dir = f.dir;
+  opt.mse_samples = 40;  // batches of 16, 16, 8: the sums must weight every sample alike
+  opt.mse_batch_size = 16;
+  analysis::quant_analyzer<decltype(f.sim)> qa(f.sim, f.score(), opt);
+  const tensor x = normal(50, 4, 21);
+  const auto before = f.enabled();
+  const auto mse = qa.per_layer_mse_loss(data::dataset(x));
+  CHECK(f.enabled() == before);
+  REQUIRE(mse.size() == 3);
+
+  // The whole model's output: the first 40 samples, all quantized vs none.
+  tensor x40 = tensor::from_shape({40, 4});
+  std::copy(x.begin(), x.begin() + 160, x40.begin());
+  const auto fp = forward_by_hand(f.sim, f.model, x40, {});
+  const auto q = forward_by_hand(f.sim, f.model, x40, {true, true, true, true, true});
+  CHECK(mse[2].first == "2");
+  CHECK(std::fabs(mse[2].second + neg_mse(q, fp)) <= 1e-5 * std::fabs(neg_mse(q, fp)));
+  CHECK(mse[2].second > 0.0);
+
+  // The ReLU's output: quantized input, weight and output vs float.
+  double want = 0.0;
+  const auto& L0 = f.model.get<0>();
+  auto enc = [&](const std::string& n) { return f.sim.with_quantizer(n, [](auto& z) { return z.encodings()[0]; }); };
+  for (std::size_t n = 0; n < 40; ++n)
+    for (std::size_t o = 0; o < 3; ++o) {
+      double a = L0.bias()(o), b = L0.bias()(o);
+      for (std::size_t i = 0; i < 4; ++i) {
+        a += double(L0.weight()(o, i)) * x(n, i);
+        b += qdq(L0.weight()(o, i), enc("0.weight")) * qdq(x(n, i), enc("input"));
+      }
+      const double d = qdq(std::max(b, 0.0), enc("1")) - std::max(a, 0.0);
+      want += d * d / 120.0;
+    }
+  CHECK(mse[1].first == "1");
+  CHECK(std::fabs(mse[1].second - want) <= 1e-5 * want);
+  CHECK(read_json(f.dir / "per_layer_mse_loss.json").at("1").get<double>() == mse[1].second);
+  REQUIRE(qa.costs().size() == 1);
+  CHECK(qa.costs()[0].forward_passes == 2);
+  CHECK(qa.costs()[0].evaluations == 0);
+}
+
+TEST_CASE("quant_analyzer: min-max ranges in AIMET's names, per channel nested (file read back)") {
+  auto model = make_model();
+  sim_config cfg = presets::w4a8_per_channel::default_config();
+  cfg.op_type["Gemm"].per_channel_quantization = true;  // AIMET's per-channel config: Gemm per tensor
+  quantsim<model_t, presets::w4a8_per_channel> sim(model, normal(1, 4, 1), cfg);
+  calibrate(sim, data::dataset(normal(128, 4, 5)), 128);
+  analysis::quant_analyzer_options opt;
+  opt.results_dir = std::filesystem::path(QKIT_TEST_OUTPUT) / "quant_analyzer_pc";
+  analysis::quant_analyzer<decltype(sim)> qa(sim, [](auto&) { return 1.0; }, opt);
+  qa.export_per_layer_encoding_min_max_range();
+  const auto w = read_json(opt.results_dir / "min_max_ranges/weights.json");
+  const auto a = read_json(opt.results_dir / "min_max_ranges/activations.json");
+  CHECK(w.size() == 2);
+  REQUIRE(w.contains("0_weight"));
+  const auto& e0 = sim.param_quantizer("0.weight").encodings();
+  REQUIRE(e0.size() == 3);  // one per output channel
+  for (std::size_t c = 0; c < 3; ++c) {
+    CHECK(w["0_weight"][std::to_string(c)][0].get<double>() == e0[c].min);
+    CHECK(w["0_weight"][std::to_string(c)][1].get<double>() == e0[c].max);
+    // AIMET's symmetric weight grid: min = -(max + one step).
+    CHECK(e0[c].min == doctest::Approx(-(e0[c].max + e0[c].scale)));
+  }
+  CHECK(a.size() == 3);
+  CHECK(a.contains("0_input_0"));
+  CHECK(a.contains("1_output_0"));
+  CHECK(a["2_output_0"][1].get<double>() == sim.activation_quantizer("2").encodings()[0].max);
+}
+
+TEST_CASE("quant_analyzer: bad input, and a failing evaluation leaves the sim as it was") {
+  fixture f;
+  analysis::quant_analyzer_options opt;
+  opt.results_dir = f.dir;
+  const auto before = f.enabled();
+  int calls = 0;
+  analysis::quant_analyzer<decltype(f.sim)> throws(f.sim, [&](auto&) -> double {
+    if (++calls == 2) throw std::runtime_error("evaluation failed");
+    return 0.5;
+  }, opt);
+  CHECK_THROWS_WITH_AS(throws.per_layer_quant_disabled(), "evaluation failed", std::runtime_error);
+  CHECK(f.enabled() == before);
+  CHECK_FALSE(std::filesystem::exists(f.dir / "per_layer_quant_disabled.json"));
+
+  analysis::quant_analyzer<decltype(f.sim)> nan(f.sim, [](auto&) { return std::nan(""); }, opt);
+  CHECK_THROWS_WITH_AS(nan.per_layer_quant_enabled(),
+                       doctest::Contains("for layer '0' (a score must be a finite number)"), qkit::error);
+  CHECK(f.enabled() == before);
+
+  CHECK_THROWS_AS(analysis::quant_analyzer<decltype(f.sim)>(f.sim, nullptr, opt), config_error);
+  analysis::quant_analyzer<decltype(f.sim)> ok(f.sim, f.score(), opt);
+  CHECK_THROWS_WITH_AS(ok.per_layer_mse_loss(data::dataset(tensor::from_shape({0, 4}))),
+                       doctest::Contains("the unlabeled data set is empty"), data_error);
+
+  // Not calibrated: refused when the analyzer is made, naming a quantizer.
+  auto model = make_model();
+  quantsim<model_t, presets::w4a8> raw(model, normal(1, 4, 1));
+  CHECK_THROWS_WITH_AS(analysis::quant_analyzer<decltype(raw)>(raw, [](auto&) { return 0.0; }, opt),
+                       doctest::Contains("has no encodings"), calibration_error);
+}
+
+}  // namespace unit_quant_analyzer
