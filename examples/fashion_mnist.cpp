@@ -12,7 +12,7 @@
 //
 //   fashion_mnist --data /usr/share/datasets/fashion-mnist --out out [--epochs N] [--retrain]
 //                 [--train-only] [--threads N] [--seed S] [--adaround [--adaround-iterations N]]
-//                 [--qat [--qat-steps N]]
+//                 [--qat [--qat-steps N]] [--analyze]
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -25,6 +25,7 @@
 #include <qkit/io/idx.hpp>
 #include <qkit/nn/nn.hpp>
 
+#include "models/analysis_pipeline.hpp"
 #include "models/fashion_mobilenet.hpp"
 #include "models/ptq_pipeline.hpp"
 #include "models/qat_pipeline.hpp"
@@ -43,6 +44,7 @@ struct options {
   std::uint32_t seed = 1;
   bool adaround = false;              // also the AdaRound / Sequential MSE table
   bool qat = false;                   // also the QAT table
+  bool analyze = false;               // also QuantAnalyzer
   std::size_t qat_steps = 938;        // batches of 64 per QAT run (one epoch)
   std::size_t adaround_iterations = 0;  // 0: AIMET's default
 };
@@ -51,7 +53,7 @@ void usage(std::FILE* to) {
   std::fprintf(to,
                "usage: fashion_mnist --data DIR --out DIR [--epochs N] [--retrain] [--train-only]\n"
                "                     [--threads N] [--seed S] [--adaround [--adaround-iterations N]]\n"
-               "                     [--qat [--qat-steps N]]\n"
+               "                     [--qat [--qat-steps N]] [--analyze]\n"
                "  --data DIR     Fashion-MNIST IDX files (default /usr/share/datasets/fashion-mnist)\n"
                "  --out DIR      where fashion_mobilenet.npz is written (required)\n"
                "  --epochs N     training epochs (default 12)\n"
@@ -65,7 +67,8 @@ void usage(std::FILE* to) {
                "                 15,000 under 8 bits)\n"
                "  --qat          also run the QAT table (PTQ vs regular QAT vs range learning at\n"
                "                 W8A8, W4A8, W8A4, W4A4; about 10 minutes on two cores)\n"
-               "  --qat-steps N  batches of 64 per QAT run (default 938: one epoch)\n");
+               "  --qat-steps N  batches of 64 per QAT run (default 938: one epoch)\n"
+               "  --analyze      also run QuantAnalyzer at W4A8 per-tensor (OUT/quant_analyzer/)\n");
 }
 
 struct usage_error : std::runtime_error {
@@ -104,6 +107,7 @@ options parse_args(int argc, char** argv) {
     else if (a == "--adaround") o.adaround = true;
     else if (a == "--qat") o.qat = true;
     else if (a == "--qat-steps") o.qat_steps = parse_count(a, value());
+    else if (a == "--analyze") o.analyze = true;
     else if (a == "--adaround-iterations") o.adaround_iterations = parse_count(a, value());
     else if (a == "--help" || a == "-h") { usage(stdout); std::exit(0); }
     else throw usage_error("unknown argument '" + a + "'");
@@ -176,6 +180,7 @@ int run(const options& o) {
   // Learned rounding (AdaRound) and ranges (Sequential MSE), down to 2-bit weights.
   if (o.adaround) fashion::adaround_table(model, train_set, test_set, o.out_dir, o.adaround_iterations);
   if (o.qat) fashion::qat_table(model, train_set, test_set, o.qat_steps);
+  if (o.analyze) fashion::analysis_table(model, train_set, test_set, o.out_dir);
   return 0;
 }
 
