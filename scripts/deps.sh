@@ -9,7 +9,8 @@ debs=(g++ cmake make pkg-config zlib1g-dev
       libxtensor-dev libxsimd-dev nlohmann-json3-dev doctest-dev libbenchmark-dev
       dataset-fashion-mnist libonnx-testdata libonnx-dev libprotobuf-dev protobuf-compiler
       libopenblas-dev nodejs npm
-      clang libclang-rt-dev)  # scripts/fuzz.sh: clang and libFuzzer + sanitizer runtimes (Debian 12: 14)
+      clang libclang-rt-dev   # scripts/fuzz.sh: clang and libFuzzer + sanitizer runtimes (Debian 12: 14)
+      chromium)               # the report tests open every HTML page in headless Chromium
 
 missing=()
 for p in "${debs[@]}"; do

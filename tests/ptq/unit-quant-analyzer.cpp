@@ -9,7 +9,10 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <cstdlib>
+#include <iterator>
 #include <random>
+#include <sstream>
 #include <stdexcept>
 
 #include <nlohmann/json.hpp>
@@ -259,6 +262,98 @@ TEST_CASE("quant_analyzer: min-max ranges in AIMET's names, per channel nested (
   CHECK(a.contains("0_input_0"));
   CHECK(a.contains("1_output_0"));
   CHECK(a["2_output_0"][1].get<double>() == sim.activation_quantizer("2").encodings()[0].max);
+}
+
+namespace {
+
+// How a page rendered in headless Chromium with the network off: the chart elements the page
+// reports drawing, script errors it caught, and every console message Chromium logged (the
+// pages log nothing; Chromium logs uncaught errors and console.error alike as CONSOLE lines).
+struct rendered {
+  int points = -1, errors = -1;
+  std::vector<std::string> console;
+};
+
+std::string read_text(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+int attribute(const std::string& dom, const std::string& name) {
+  const std::string key = name + "=\"";
+  const auto at = dom.find(key);
+  return at == std::string::npos ? -1 : std::atoi(dom.c_str() + at + key.size());
+}
+
+rendered render_in_chromium(const std::filesystem::path& page, const std::filesystem::path& png) {
+  REQUIRE_MESSAGE(std::system("command -v chromium >/dev/null 2>&1") == 0,
+                  "chromium not found: scripts/deps.sh installs Debian's chromium");
+  const std::filesystem::path dom = png.string() + ".dom", log = png.string() + ".log";
+  // No proxy that answers and no name that resolves: the page must not need the network
+  // (its Content-Security-Policy also forbids every fetch).
+  const std::string flags =
+      "--headless=new --no-sandbox --disable-gpu --no-first-run --disable-extensions "
+      "--disable-background-networking --proxy-server=127.0.0.1:9 "
+      "--host-resolver-rules='MAP * ~NOTFOUND' --enable-logging=stderr --v=0 "
+      "--virtual-time-budget=3000 --window-size=1400,900 ";
+  const std::string url = "file://" + std::filesystem::absolute(page).string();
+  // A profile of its own: two Chromiums on one profile hand the page to each other.
+  const std::string profile = "--user-data-dir='" + png.string() + ".profile' ";
+  REQUIRE(std::system(("chromium " + flags + profile + "--dump-dom '" + url + "' > '" + dom.string() +
+                       "' 2> '" + log.string() + "'").c_str()) == 0);
+  REQUIRE(std::system(("chromium " + flags + profile + "--screenshot='" + png.string() + "' '" + url +
+                       "' > /dev/null 2>> '" + log.string() + "'").c_str()) == 0);
+  std::filesystem::remove_all(png.string() + ".profile");
+  rendered r;
+  const std::string d = read_text(dom);
+  r.points = attribute(d, "data-points");
+  r.errors = attribute(d, "data-errors");
+  std::istringstream lines(read_text(log));
+  for (std::string line; std::getline(lines, line);)
+    if (line.find(":CONSOLE") != std::string::npos) r.console.push_back(line);
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("quant_analyzer: every report page renders offline in headless Chromium with its data") {
+  fixture f;
+  analysis::quant_analyzer_options opt;
+  opt.results_dir = f.dir;
+  analysis::quant_analyzer<decltype(f.sim)> qa(f.sim, f.score(), opt);
+  (void)qa.check_model_sensitivity_to_quantization();
+  (void)qa.per_layer_quant_enabled();
+  (void)qa.per_layer_quant_disabled();
+  qa.export_per_layer_encoding_min_max_range();
+  (void)qa.per_layer_mse_loss(data::dataset(normal(64, 4, 9)));
+
+  // Chart elements each page must draw: one bar per category of its JSON file.
+  const std::vector<std::pair<std::string, int>> pages{
+      {"model_sensitivity.html", 4},           {"per_layer_quant_enabled.html", 3},
+      {"per_layer_quant_disabled.html", 3},    {"per_layer_mse_loss.html", 3},
+      {"min_max_ranges/weights.html", 2},      {"min_max_ranges/activations.html", 3},
+      {"index.html", 0}};
+  const std::filesystem::path shots = std::filesystem::path(QKIT_TEST_OUTPUT) / "screenshots";
+  std::filesystem::create_directories(shots);
+  for (const auto& [page, points] : pages) {
+    CAPTURE(page);
+    REQUIRE(std::filesystem::exists(f.dir / page));
+    std::string shot = page;
+    std::replace(shot.begin(), shot.end(), '/', '_');
+    const auto png = shots / (shot + ".png");
+    const rendered r = render_in_chromium(f.dir / page, png);
+    CHECK(r.points == points);
+    CHECK(r.errors == 0);
+    CHECK(r.console.empty());
+    for (const auto& e : r.console) MESSAGE(e);
+    // A screenshot of a drawn page, kept for a person to look at.
+    REQUIRE(std::filesystem::exists(png));
+    CHECK(std::filesystem::file_size(png) > 5000);
+  }
+  // The index links every page.
+  const std::string index = read_text(f.dir / "index.html");
+  for (const auto& [page, points] : pages)
+    if (page != "index.html") CHECK(index.find("href=\"" + page + "\"") != std::string::npos);
 }
 
 TEST_CASE("quant_analyzer: bad input, and a failing evaluation leaves the sim as it was") {

@@ -3,7 +3,9 @@
 // layer's quantizers hurt alone (only that layer quantized) and in company (all quantized but
 // that layer), each layer's encoding ranges, and each layer's output error (MSE against the
 // FP32 model). Each analysis writes `<name>.json` into the results folder in AIMET's layout
-// (docs/analysis.md), so scripts written for AIMET's results read qkit's.
+// (docs/analysis.md), so scripts written for AIMET's results read qkit's, and `<name>.html`
+// beside it (report/html.hpp: a self-contained chart of the same data); `index.html` links
+// every page written so far and says what each found.
 //
 // The sim's quantizer state is the analyzer's reference: a quantizer counts as "on" when it is
 // enabled when the analysis starts, and every analysis gives the sim back with exactly that
@@ -13,13 +15,16 @@
 // samples twice (FP32, quantized) and reads every layer's output from the same two passes.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <filesystem>
 #include <functional>
 #include <map>
 #include <set>
+#include <sstream>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -33,6 +38,7 @@
 #include "../nn/dataflow.hpp"
 #include "../sim/quantsim.hpp"
 #include "../tensor/tensor.hpp"
+#include "report/html.hpp"
 
 namespace qkit::analysis {
 
@@ -148,6 +154,17 @@ class quant_analyzer {
     j["activations_quantized"] = s.activations_quantized;
     j["quantized"] = s.quantized;
     write_json(name + ".json", j);
+    std::ostringstream f;
+    f << "FP32 " << s.fp32 << ", weights only " << s.weights_quantized << ", activations only "
+      << s.activations_quantized << ", all quantized " << s.quantized << ": "
+      << (s.fp32 - s.weights_quantized >= s.fp32 - s.activations_quantized
+              ? "the weights cost more than the activations"
+              : "the activations cost more than the weights")
+      << ".";
+    report::chart c{"Score by what is quantized", "quantized", "score",
+                    {"FP32", "weights only", "activations only", "all"},
+                    {{"score", {s.fp32, s.weights_quantized, s.activations_quantized, s.quantized}, {}, "bar"}}};
+    write_page(name + ".html", "Model sensitivity to quantization", f.str(), {c});
     return s;
   }
 
@@ -194,6 +211,26 @@ class quant_analyzer {
     }
     write_json("min_max_ranges/weights.json", weights);
     write_json("min_max_ranges/activations.json", activations);
+    for (const auto& [file, j, what] : {std::tuple{"weights", &weights, "Weight"},
+                                        std::tuple{"activations", &activations, "Activation"}}) {
+      report::chart c{std::string(what) + " encodings: [min, max]", "quantizer (channel)", "value", {}, {}};
+      report::series r{"[min, max]", {}, {}, "bar"};
+      for (const auto& [key, v] : j->items()) {
+        if (v.is_object()) {
+          for (const auto& [ch, mm] : v.items()) {
+            c.categories.push_back(key + "[" + ch + "]");
+            r.ranges.emplace_back(mm[0].template get<double>(), mm[1].template get<double>());
+          }
+        } else {
+          c.categories.push_back(key);
+          r.ranges.emplace_back(v[0].template get<double>(), v[1].template get<double>());
+        }
+      }
+      c.data.push_back(std::move(r));
+      write_page(std::string("min_max_ranges/") + file + ".html",
+                 std::string(what) + " encoding ranges",
+                 std::to_string(c.categories.size()) + " ranges (per channel where per-channel).", {c});
+    }
   }
 
   /// Mean squared error between each layer's output in the FP32 model (every quantizer off)
@@ -239,6 +276,16 @@ class quant_analyzer {
       j[flow.nodes[i].name] = mse;
     }
     write_json(name + ".json", j);
+    if (!out.empty()) {
+      const auto worst = std::max_element(out.begin(), out.end(),
+                                          [](auto& a, auto& b) { return a.second < b.second; });
+      std::ostringstream f;
+      f << "Largest output MSE against FP32: " << worst->first << " (" << worst->second
+        << "), over " << range.samples() << " samples. The error of every layer before a layer "
+        << "is included, so it tends to grow with depth.";
+      write_page(name + ".html", "Per-layer output MSE against FP32", f.str(),
+                 {bar_chart(out, "layer", "mean squared error", "MSE")});
+    }
     return out;
   }
 
@@ -346,7 +393,46 @@ class quant_analyzer {
     nlohmann::ordered_json j = nlohmann::ordered_json::object();
     for (const auto& [layer, s] : out) j[layer] = s;
     write_json(name + ".json", j);
+    if (!out.empty()) {
+      const auto pick = only_this_layer
+          ? std::min_element(out.begin(), out.end(), [](auto& a, auto& b) { return a.second < b.second; })
+          : std::max_element(out.begin(), out.end(), [](auto& a, auto& b) { return a.second < b.second; });
+      std::ostringstream f;
+      f << (only_this_layer ? "Lowest score with only one layer quantized: "
+                            : "Highest score with one layer left in float: ")
+        << pick->first << " (" << pick->second << ").";
+      write_page(name + ".html",
+                 only_this_layer ? "Per-layer quantization enabled (only that layer quantized)"
+                                 : "Per-layer quantization disabled (all but that layer quantized)",
+                 f.str(), {bar_chart(out, "layer", "score", "score")});
+    }
     return out;
+  }
+
+  static report::chart bar_chart(const per_layer_values& v, const std::string& x,
+                                 const std::string& y, const std::string& label) {
+    report::chart c{"", x, y, {}, {{label, {}, {}, "bar"}}};
+    for (const auto& [layer, value] : v) {
+      c.categories.push_back(layer);
+      c.data[0].values.push_back(value);
+    }
+    return c;
+  }
+
+  // Writes one report page, records its finding, and rewrites index.html with every page so far.
+  void write_page(const std::string& relative, const std::string& title, const std::string& finding,
+                  std::vector<report::chart> charts) {
+    if (charts.size() == 1 && charts[0].title.empty()) charts[0].title = title;
+    const std::filesystem::path p = options_.results_dir / relative;
+    report::write(p, {title, {finding}, std::move(charts), {}});
+    auto it = std::find_if(pages_.begin(), pages_.end(), [&](auto& e) { return e.first.href == relative; });
+    if (it == pages_.end()) pages_.push_back({{relative, title}, finding});
+    else it->second = finding;
+    report::page index{"QuantAnalyzer results", {}, {}, {}};
+    index.paragraphs.push_back("Results folder: " + options_.results_dir.string() +
+                               ". Each page has a JSON file of the same name beside it.");
+    for (const auto& [l, f] : pages_) index.links.push_back({l.href, l.text + " — " + f});
+    report::write(options_.results_dir / "index.html", index);
   }
 
   void write_json(const std::string& relative, const nlohmann::ordered_json& j) {
@@ -362,6 +448,7 @@ class quant_analyzer {
   eval_callback evaluate_;
   quant_analyzer_options options_;
   std::vector<analysis_cost> costs_;
+  std::vector<std::pair<report::link, std::string>> pages_;  // written pages and their findings
 };
 
 }  // namespace qkit::analysis

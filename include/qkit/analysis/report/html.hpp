@@ -1,0 +1,184 @@
+// qkit/analysis/report/html.hpp — self-contained HTML report pages: bar, floating-bar (ranges)
+// and line charts drawn by the vendored Chart.js (chart_js.hpp), embedded into every page with
+// the page's data, so a page opens from disk with the network off. A Content-Security-Policy
+// forbids every fetch, so a page that tried one would fail visibly rather than work only online.
+// Each page reports how it rendered in `#qkit-status` (data-points: chart elements drawn,
+// data-errors: script errors), which the tests read back from headless Chromium.
+#pragma once
+
+#include <algorithm>
+#include <filesystem>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "../../io/atomic_file.hpp"
+#include "chart_js.hpp"
+
+namespace qkit::analysis::report {
+
+/// One data series of a chart: a value per category, or a [low, high] range per category
+/// (floating bars, e.g. an encoding's min and max).
+struct series {
+  std::string label;
+  std::vector<double> values;
+  std::vector<std::pair<double, double>> ranges;
+  std::string type = "bar";  ///< "bar" or "line"
+};
+
+struct chart {
+  std::string title;
+  std::string x_label, y_label;
+  std::vector<std::string> categories;
+  std::vector<series> data;
+};
+
+struct link {
+  std::string href, text;
+};
+
+/// A page: a title, paragraphs of text, charts, and links (the index page's).
+struct page {
+  std::string title;
+  std::vector<std::string> paragraphs;
+  std::vector<chart> charts;
+  std::vector<link> links;
+};
+
+namespace detail {
+
+inline std::string escape_html(const std::string& s) {
+  std::string out;
+  out.reserve(s.size());
+  for (const char c : s) {
+    switch (c) {
+      case '&': out += "&amp;"; break;
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '"': out += "&quot;"; break;
+      case '\'': out += "&#39;"; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
+
+// JSON inside <script type="application/json">: "</" would end the element early.
+inline std::string script_safe(std::string json) {
+  for (std::size_t p = 0; (p = json.find("</", p)) != std::string::npos; p += 3) json.replace(p, 2, "<\\/");
+  return json;
+}
+
+inline nlohmann::json to_json(const chart& c) {
+  nlohmann::json j;
+  j["title"] = c.title;
+  j["x_label"] = c.x_label;
+  j["y_label"] = c.y_label;
+  j["categories"] = c.categories;
+  j["data"] = nlohmann::json::array();
+  for (const auto& s : c.data) {
+    nlohmann::json d;
+    d["label"] = s.label;
+    d["type"] = s.type;
+    if (!s.ranges.empty()) {
+      d["values"] = nlohmann::json::array();
+      for (const auto& [lo, hi] : s.ranges) d["values"].push_back({lo, hi});
+    } else {
+      d["values"] = s.values;
+    }
+    j["data"].push_back(std::move(d));
+  }
+  return j;
+}
+
+// Renders every chart of the page's data and records the outcome in #qkit-status.
+inline constexpr const char* page_script = R"js(
+(function () {
+  var status = document.getElementById('qkit-status');
+  var errors = 0;
+  function fail(msg) {
+    errors += 1;
+    status.dataset.errors = String(errors);
+    status.textContent = 'error: ' + msg;
+  }
+  window.addEventListener('error', function (e) { fail(e.message); });
+  try {
+    var spec = JSON.parse(document.getElementById('qkit-data').textContent);
+    var palette = ['#2f6db5', '#d9822b', '#3a9a5b', '#b03a48', '#6f4fa8'];
+    var points = 0;
+    spec.charts.forEach(function (c, i) {
+      var datasets = c.data.map(function (s, k) {
+        return { label: s.label, type: s.type, data: s.values, borderWidth: 1,
+                 backgroundColor: palette[k % palette.length] + (s.type === 'line' ? '00' : 'cc'),
+                 borderColor: palette[k % palette.length], pointRadius: 2 };
+      });
+      var ch = new Chart(document.getElementById('chart-' + i), {
+        type: 'bar',
+        data: { labels: c.categories, datasets: datasets },
+        options: {
+          animation: false, responsive: false,
+          plugins: { title: { display: true, text: c.title },
+                     tooltip: { callbacks: { label: function (ctx) {
+                       var v = ctx.raw;
+                       return ctx.dataset.label + ': ' + (Array.isArray(v) ? '[' + v[0] + ', ' + v[1] + ']' : v);
+                     } } } },
+          scales: { x: { title: { display: true, text: c.x_label } },
+                    y: { title: { display: true, text: c.y_label } } }
+        }
+      });
+      ch.data.datasets.forEach(function (d, k) { points += ch.getDatasetMeta(k).data.length; });
+    });
+    status.dataset.points = String(points);
+    if (!errors) status.textContent = 'rendered ' + points + ' chart elements';
+  } catch (e) {
+    fail(String(e));
+  }
+  status.dataset.errors = String(errors);
+})();
+)js";
+
+}  // namespace detail
+
+/// The page as one HTML document.
+inline std::string render(const page& p) {
+  using detail::escape_html;
+  nlohmann::json spec;
+  spec["charts"] = nlohmann::json::array();
+  for (const auto& c : p.charts) spec["charts"].push_back(detail::to_json(c));
+  std::string h;
+  h += "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n";
+  h += "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
+       "script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:\">\n";
+  h += "<title>" + escape_html(p.title) + "</title>\n";
+  h += "<style>body{font-family:sans-serif;margin:1.5em;color:#222}canvas{margin:1em 0}"
+       "#qkit-status{color:#888;font-size:small}li{margin:.3em 0}</style>\n</head>\n<body>\n";
+  h += "<h1>" + escape_html(p.title) + "</h1>\n";
+  for (const auto& para : p.paragraphs) h += "<p>" + escape_html(para) + "</p>\n";
+  if (!p.links.empty()) {
+    h += "<ul>\n";
+    for (const auto& l : p.links)
+      h += "<li><a href=\"" + escape_html(l.href) + "\">" + escape_html(l.text) + "</a></li>\n";
+    h += "</ul>\n";
+  }
+  for (std::size_t i = 0; i < p.charts.size(); ++i) {
+    // Wide enough that every category keeps a readable label.
+    const std::size_t width = std::max<std::size_t>(900, 26 * p.charts[i].categories.size() + 160);
+    h += "<canvas id=\"chart-" + std::to_string(i) + "\" width=\"" + std::to_string(width) +
+         "\" height=\"460\"></canvas>\n";
+  }
+  h += "<p id=\"qkit-status\" data-points=\"0\" data-errors=\"0\">not rendered</p>\n";
+  h += "<script type=\"application/json\" id=\"qkit-data\">" + detail::script_safe(spec.dump()) +
+       "</script>\n";
+  h += "<script>\n" + detail::chart_js() + "\n</script>\n";
+  h += "<script>" + std::string(detail::page_script) + "</script>\n</body>\n</html>\n";
+  return h;
+}
+
+/// Writes the page to `path` (a temporary name, then renamed).
+inline void write(const std::filesystem::path& path, const page& p) {
+  io::write_file_atomically(path, render(p));
+}
+
+}  // namespace qkit::analysis::report
