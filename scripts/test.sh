@@ -54,12 +54,13 @@ if has sanitize; then
   # Leaks are reported too (detect_leaks); UBSan prints the stack of what it stops at.
   export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1} UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1}
   # The Fashion-MNIST suite runs there without its accuracy studies (PTQ, AdaRound, Sequential
-  # MSE, precision sweep, ORT comparison, one epoch of training): each costs 5-10 minutes under
+  # MSE, precision sweep, ORT comparison, one epoch of training, QuantAnalyzer's 29 evaluations):
+  # each costs minutes under
   # AddressSanitizer and tests numbers the normal build already asserts, not memory safety.
   # Its QuantSim-equals-FP32 test, the analytical bias correction and a few steps of range
   # learning on the real model (the QAT W4A4 test, reduced there) still run, as do the fashion
   # tests of the io and nn suites.
-  heavy='^fashion/(PTQ on the trained model: (the equalized|W8A8|W4A8|the repaired|bias correction shrinks)|trained model: (accuracy|exported)|training:|AdaRound|Sequential MSE|QAT on the trained model: W[48]A8)'
+  heavy='^fashion/(PTQ on the trained model: (the equalized|W8A8|W4A8|the repaired|bias correction shrinks)|trained model: (accuracy|exported)|training:|AdaRound|Sequential MSE|QAT on the trained model: W[48]A8|QuantAnalyzer on the trained model)'
   step sanitize-ctest ctest --test-dir "$san" --output-on-failure -j "$jobs" \
     -E "${SANITIZE_EXCLUDE:-$heavy}" "$@"
 fi
