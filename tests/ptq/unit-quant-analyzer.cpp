@@ -101,8 +101,10 @@ struct fixture {
   tensor eval_x = normal(64, 4, 11);
   quantsim<model_t, presets::w4a8> sim{model, normal(1, 4, 1)};
   std::vector<double> reference;
-  std::filesystem::path dir = std::filesystem::path(QKIT_TEST_OUTPUT) / "quant_analyzer";
-  fixture() {
+  std::filesystem::path dir;
+  // A results folder per test case: ctest runs the cases in parallel.
+  explicit fixture(const std::string& name)
+      : dir(std::filesystem::path(QKIT_TEST_OUTPUT) / ("quant_analyzer_" + name)) {
     calibrate(sim, data::dataset(normal(256, 4, 5)), 256);
     reference = forward_by_hand(sim, model, eval_x, {});
     std::filesystem::remove_all(dir);
@@ -134,7 +136,7 @@ nlohmann::json read_json(const std::filesystem::path& p) {
 }  // namespace
 
 TEST_CASE("quant_analyzer: the quantized layers and their quantizers, as AIMET toggles a layer") {
-  fixture f;
+  fixture f("layers");
   const auto layers = analysis::quantized_layers(f.sim);
   // The linear before the ReLU has no output quantizer (the pair is one supergroup); the biases
   // are not quantized (AIMET's default config).
@@ -148,7 +150,7 @@ TEST_CASE("quant_analyzer: the quantized layers and their quantizers, as AIMET t
 }
 
 TEST_CASE("quant_analyzer: sensitivity and per-layer enablement equal the scores worked by hand") {
-  fixture f;
+  fixture f("scores");
   const auto before = f.enabled();
   analysis::quant_analyzer_options opt;
   opt.results_dir = f.dir;
@@ -193,7 +195,7 @@ TEST_CASE("quant_analyzer: sensitivity and per-layer enablement equal the scores
 }
 
 TEST_CASE("quant_analyzer: per-layer MSE against the FP32 layer outputs worked by hand") {
-  fixture f;
+  fixture f("mse");
   analysis::quant_analyzer_options opt;
   opt.results_dir = f.dir;
   opt.mse_samples = 40;  // batches of 16, 16, 8: the sums must weight every sample alike
@@ -317,7 +319,7 @@ rendered render_in_chromium(const std::filesystem::path& page, const std::filesy
 }  // namespace
 
 TEST_CASE("quant_analyzer: every report page renders offline in headless Chromium with its data") {
-  fixture f;
+  fixture f("reports");
   analysis::quant_analyzer_options opt;
   opt.results_dir = f.dir;
   analysis::quant_analyzer<decltype(f.sim)> qa(f.sim, f.score(), opt);
@@ -357,7 +359,7 @@ TEST_CASE("quant_analyzer: every report page renders offline in headless Chromiu
 }
 
 TEST_CASE("quant_analyzer: bad input, and a failing evaluation leaves the sim as it was") {
-  fixture f;
+  fixture f("bad_input");
   analysis::quant_analyzer_options opt;
   opt.results_dir = f.dir;
   const auto before = f.enabled();
