@@ -50,15 +50,22 @@ struct layer_quantizers {
   std::vector<std::string> quantizers;
 };
 
+/// Names of the quantizers of `sim` that are enabled now.
+template <class Sim>
+std::set<std::string> enabled_quantizers(const Sim& sim) {
+  std::set<std::string> on;
+  sim.for_each_quantizer([&](const std::string& name, quantizer_kind, const auto& q) {
+    if (q.enabled()) on.insert(name);
+  });
+  return on;
+}
+
 /// The layers of `sim` that have at least one enabled quantizer, in dataflow order.
 template <class Sim>
 std::vector<layer_quantizers> quantized_layers(const Sim& sim) {
   std::vector<layer_quantizers> out;
   const nn::dataflow& flow = sim.dataflow();
-  std::set<std::string> on;
-  sim.for_each_quantizer([&](const std::string& name, quantizer_kind, const auto& q) {
-    if (q.enabled()) on.insert(name);
-  });
+  const std::set<std::string> on = enabled_quantizers(sim);
   auto enabled = [&](const std::string& name) { return on.count(name) > 0; };
   for (const auto& n : flow.nodes) {
     layer_quantizers g{n.name, {}};
@@ -329,14 +336,6 @@ class quant_analyzer {
     return out;
   }
 
-  std::set<std::string> enabled_now() const {
-    std::set<std::string> on;
-    sim_.for_each_quantizer([&](const std::string& name, quantizer_kind, const auto& q) {
-      if (q.enabled()) on.insert(name);
-    });
-    return on;
-  }
-
   template <class Pred>
   void set_enabled(Pred&& pred) {
     sim_.for_each_quantizer(
@@ -346,7 +345,7 @@ class quant_analyzer {
   // Runs f(the enabled set) and puts every quantizer's enabled flag back, also on an error.
   template <class F>
   void with_state_restored(F&& f) {
-    const std::set<std::string> on = enabled_now();
+    const std::set<std::string> on = enabled_quantizers(sim_);
     struct restore {
       quant_analyzer* self;
       const std::set<std::string>* on;
