@@ -268,6 +268,92 @@ TEST_CASE("quant_analyzer: min-max ranges in AIMET's names, per channel nested (
 
 namespace {
 
+// Counts of `values` in the histogram's bins, by hand: bin k holds [left + k·w, left + (k+1)·w).
+std::vector<std::uint64_t> count_by_hand(const std::vector<double>& values, double left, double w,
+                                         std::size_t bins) {
+  std::vector<std::uint64_t> c(bins, 0);
+  for (const double v : values) {
+    const auto k = static_cast<std::ptrdiff_t>(std::floor((v - left) / w));
+    REQUIRE(k >= 0);
+    REQUIRE(static_cast<std::size_t>(k) < bins);
+    ++c[static_cast<std::size_t>(k)];
+  }
+  return c;
+}
+
+void check_histogram(const nlohmann::json& ch, const std::vector<double>& values, const encoding& e) {
+  const auto counts = ch.at("counts").get<std::vector<std::uint64_t>>();
+  CHECK(counts == count_by_hand(values, ch.at("bin_left").get<double>(), ch.at("bin_width").get<double>(),
+                                counts.size()));
+  CHECK(counts.size() <= 128);
+  CHECK(ch.at("data_min").get<double>() == *std::min_element(values.begin(), values.end()));
+  CHECK(ch.at("data_max").get<double>() == *std::max_element(values.begin(), values.end()));
+  CHECK(ch.at("encoding").at("min").get<double>() == e.min);
+  CHECK(ch.at("encoding").at("max").get<double>() == e.max);
+}
+
+}  // namespace
+
+TEST_CASE("quant_analyzer: statistics histograms count the FP32 inputs of each quantizer (counted by hand)") {
+  auto model = make_model();
+  sim_config cfg = presets::w4a8_per_channel::default_config();
+  cfg.op_type["Gemm"].per_channel_quantization = true;
+  quantsim<model_t, presets::w4a8_per_channel> sim(model, normal(1, 4, 1), cfg);
+  calibrate(sim, data::dataset(normal(128, 4, 5)), 128);
+  analysis::quant_analyzer_options opt;
+  opt.results_dir = std::filesystem::path(QKIT_TEST_OUTPUT) / "quant_analyzer_hist";
+  std::filesystem::remove_all(opt.results_dir);
+  opt.mse_samples = 40;
+  opt.mse_batch_size = 16;
+  analysis::quant_analyzer<decltype(sim)> qa(sim, [](auto&) { return 1.0; }, opt);
+  const tensor x = normal(50, 4, 21);
+  qa.export_per_layer_stats_histogram(data::dataset(x));
+  REQUIRE(qa.costs().size() == 1);
+  CHECK(qa.costs()[0].forward_passes == 1);
+  CHECK(qa.costs()[0].evaluations == 0);
+
+  // The model input over the first 40 samples: every count checked against bins worked here.
+  // The ReLU's output (the FP32 pass calibration sees) is computed here in double while the pass
+  // runs in float, so only its extremes (to float precision) and total are checked.
+  std::vector<double> in(x.begin(), x.begin() + 160);
+  const auto j_in = read_json(opt.results_dir / "activations_pdf/0_input_q0.json");
+  CHECK(j_in.at("quantizer") == "input");
+  REQUIRE(j_in.at("channels").size() == 1);
+  check_histogram(j_in["channels"][0], in, sim.activation_quantizer("input").encodings()[0]);
+
+  std::vector<double> relu;
+  const auto& L0 = model.get<0>();
+  for (std::size_t n = 0; n < 40; ++n)
+    for (std::size_t o = 0; o < 3; ++o) {
+      double ad = L0.bias()(o);
+      for (std::size_t i = 0; i < 4; ++i) ad += double(L0.weight()(o, i)) * x(n, i);
+      relu.push_back(std::max(ad, 0.0));
+    }
+  const auto j_relu = read_json(opt.results_dir / "activations_pdf/1_output_q0.json");
+  const auto& ch = j_relu["channels"][0];
+  CHECK(ch.at("data_min").get<double>() == 0.0);
+  CHECK(ch.at("data_max").get<double>() == doctest::Approx(*std::max_element(relu.begin(), relu.end())).epsilon(1e-6));
+  std::uint64_t total = 0;
+  for (const auto c : ch.at("counts").get<std::vector<std::uint64_t>>()) total += c;
+  CHECK(total == 120);
+  CHECK(ch.at("encoding").at("max").get<double>() == sim.activation_quantizer("1").encodings()[0].max);
+
+  // Per-channel weights: one histogram per output channel, each with its own encoding.
+  const auto j_w = read_json(opt.results_dir / "weights_pdf/0/0_weight.json");
+  REQUIRE(j_w.at("channels").size() == 3);
+  for (std::size_t c = 0; c < 3; ++c) {
+    CAPTURE(c);
+    std::vector<double> w;
+    for (std::size_t i = 0; i < 4; ++i) w.push_back(L0.weight()(c, i));
+    CHECK(j_w["channels"][c].at("channel") == c);
+    check_histogram(j_w["channels"][c], w, sim.param_quantizer("0.weight").encodings()[c]);
+  }
+  CHECK(std::filesystem::exists(opt.results_dir / "weights_pdf/2/2_weight.html"));
+  CHECK(std::filesystem::exists(opt.results_dir / "activations_pdf/2_output_q0.html"));
+}
+
+namespace {
+
 // How a page rendered in headless Chromium with the network off: the chart elements the page
 // reports drawing, script errors it caught, and every console message Chromium logged (the
 // pages log nothing; Chromium logs uncaught errors and console.error alike as CONSOLE lines).
@@ -328,13 +414,19 @@ TEST_CASE("quant_analyzer: every report page renders offline in headless Chromiu
   (void)qa.per_layer_quant_disabled();
   qa.export_per_layer_encoding_min_max_range();
   (void)qa.per_layer_mse_loss(data::dataset(normal(64, 4, 9)));
+  qa.export_per_layer_stats_histogram(data::dataset(normal(64, 4, 9)));
 
-  // Chart elements each page must draw: one bar per category of its JSON file.
-  const std::vector<std::pair<std::string, int>> pages{
+  // Chart elements each page must draw: one bar per category of its JSON file; a histogram's
+  // bins of its first channel and two points for each of the encoding's min and max lines.
+  std::vector<std::pair<std::string, int>> pages{
       {"model_sensitivity.html", 4},           {"per_layer_quant_enabled.html", 3},
       {"per_layer_quant_disabled.html", 3},    {"per_layer_mse_loss.html", 3},
       {"min_max_ranges/weights.html", 2},      {"min_max_ranges/activations.html", 3},
       {"index.html", 0}};
+  for (const char* h : {"activations_pdf/0_input_q0", "activations_pdf/1_output_q0",
+                        "activations_pdf/2_output_q0", "weights_pdf/0/0_weight", "weights_pdf/2/2_weight"})
+    pages.emplace_back(std::string(h) + ".html",
+                       int(read_json(f.dir / (std::string(h) + ".json"))["channels"][0]["counts"].size()) + 4);
   const std::filesystem::path shots = std::filesystem::path(QKIT_TEST_OUTPUT) / "screenshots";
   std::filesystem::create_directories(shots);
   for (const auto& [page, points] : pages) {
@@ -368,7 +460,17 @@ TEST_CASE("quant_analyzer: bad input, and a failing evaluation leaves the sim as
     if (++calls == 2) throw std::runtime_error("evaluation failed");
     return 0.5;
   }, opt);
-  CHECK_THROWS_WITH_AS(throws.per_layer_quant_disabled(), "evaluation failed", std::runtime_error);
+  // The error names the analysis and the layer; the callback's own exception is nested in it.
+  CHECK_THROWS_WITH_AS(throws.per_layer_quant_disabled(),
+                       "qkit: quant_analyzer: per_layer_quant_disabled: the evaluation callback "
+                       "threw for layer '1': evaluation failed",
+                       qkit::error);
+  calls = 0;
+  try {
+    (void)throws.per_layer_quant_disabled();
+  } catch (const qkit::error& e) {
+    CHECK_THROWS_WITH_AS(std::rethrow_if_nested(e), "evaluation failed", std::runtime_error);
+  }
   CHECK(f.enabled() == before);
   CHECK_FALSE(std::filesystem::exists(f.dir / "per_layer_quant_disabled.json"));
 
@@ -381,6 +483,20 @@ TEST_CASE("quant_analyzer: bad input, and a failing evaluation leaves the sim as
   analysis::quant_analyzer<decltype(f.sim)> ok(f.sim, f.score(), opt);
   CHECK_THROWS_WITH_AS(ok.per_layer_mse_loss(data::dataset(tensor::from_shape({0, 4}))),
                        doctest::Contains("the unlabeled data set is empty"), data_error);
+  // Unlabeled samples of the wrong shape: named before any pass runs.
+  CHECK_THROWS_WITH_AS(ok.per_layer_mse_loss(data::dataset(normal(8, 5, 2))),
+                       doctest::Contains("per_layer_mse_loss: the unlabeled samples have shape [8, 5], "
+                                         "the model takes [1, 4]"),
+                       shape_error);
+  CHECK_THROWS_AS(ok.export_per_layer_stats_histogram(data::dataset(normal(8, 5, 2))), shape_error);
+  CHECK(f.enabled() == before);
+  // A results folder that cannot be made (a file is in the way): refused at construction.
+  const auto blocked = f.dir / "a_file";
+  io::write_file_atomically(blocked, "x");
+  analysis::quant_analyzer_options bad = opt;
+  bad.results_dir = blocked / "results";
+  CHECK_THROWS_WITH_AS(analysis::quant_analyzer<decltype(f.sim)>(f.sim, f.score(), bad),
+                       doctest::Contains("cannot create the results folder"), qkit::error);
 
   // Not calibrated: refused when the analyzer is made, naming a quantizer.
   auto model = make_model();

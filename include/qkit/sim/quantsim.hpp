@@ -559,6 +559,14 @@ class quantsim {
     params_ = s.params;
   }
 
+  /// The float value of parameter `name` ("<layer>.weight") in the simulated model (batch
+  /// norms folded), before its quantizer.
+  const tensor& parameter(const std::string& name) const {
+    auto it = param_index_.find(name);
+    if (it == param_index_.end()) unknown(name, "parameter");
+    return *param_values_[it->second];
+  }
+
   /// The quantize-dequantized value of parameter `name` ("<layer>.weight") as the simulation
   /// computes with it (the float value where its quantizer is off).
   tensor quantized_parameter(const std::string& name) {

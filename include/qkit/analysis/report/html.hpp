@@ -19,20 +19,30 @@
 
 namespace qkit::analysis::report {
 
-/// One data series of a chart: a value per category, or a [low, high] range per category
-/// (floating bars, e.g. an encoding's min and max).
+/// One data series of a chart: a value per category, a [low, high] range per category
+/// (floating bars, e.g. an encoding's min and max), or (x, y) points on a numeric x axis (a
+/// histogram's bins, a vertical marker line from two points).
 struct series {
   std::string label;
   std::vector<double> values;
   std::vector<std::pair<double, double>> ranges;
   std::string type = "bar";  ///< "bar" or "line"
+  std::vector<std::pair<double, double>> points;
+};
+
+/// One of several data sets a chart can show, chosen by the reader from a list on the page
+/// (e.g. one channel of a per-channel weight): the page draws the first.
+struct variant {
+  std::string name;
+  std::vector<series> data;
 };
 
 struct chart {
   std::string title;
   std::string x_label, y_label;
-  std::vector<std::string> categories;
+  std::vector<std::string> categories;  ///< empty for a numeric x axis (series of points)
   std::vector<series> data;
+  std::vector<variant> variants;  ///< when not empty, replaces `data` and adds a chooser
 };
 
 struct link {
@@ -71,24 +81,38 @@ inline std::string script_safe(std::string json) {
   return json;
 }
 
+inline nlohmann::json to_json(const std::vector<series>& data) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& s : data) {
+    nlohmann::json d;
+    d["label"] = s.label;
+    d["type"] = s.type;
+    if (!s.points.empty()) {
+      d["values"] = nlohmann::json::array();
+      for (const auto& [x, y] : s.points) d["values"].push_back({{"x", x}, {"y", y}});
+    } else if (!s.ranges.empty()) {
+      d["values"] = nlohmann::json::array();
+      for (const auto& [lo, hi] : s.ranges) d["values"].push_back({lo, hi});
+    } else {
+      d["values"] = s.values;
+    }
+    out.push_back(std::move(d));
+  }
+  return out;
+}
+
 inline nlohmann::json to_json(const chart& c) {
   nlohmann::json j;
   j["title"] = c.title;
   j["x_label"] = c.x_label;
   j["y_label"] = c.y_label;
   j["categories"] = c.categories;
-  j["data"] = nlohmann::json::array();
-  for (const auto& s : c.data) {
-    nlohmann::json d;
-    d["label"] = s.label;
-    d["type"] = s.type;
-    if (!s.ranges.empty()) {
-      d["values"] = nlohmann::json::array();
-      for (const auto& [lo, hi] : s.ranges) d["values"].push_back({lo, hi});
-    } else {
-      d["values"] = s.values;
-    }
-    j["data"].push_back(std::move(d));
+  j["numeric_x"] = c.categories.empty();
+  j["variants"] = nlohmann::json::array();
+  if (c.variants.empty()) {
+    j["variants"].push_back({{"name", ""}, {"data", to_json(c.data)}});
+  } else {
+    for (const auto& v : c.variants) j["variants"].push_back({{"name", v.name}, {"data", to_json(v.data)}});
   }
   return j;
 }
@@ -108,27 +132,41 @@ inline constexpr const char* page_script = R"js(
     var spec = JSON.parse(document.getElementById('qkit-data').textContent);
     var palette = ['#2f6db5', '#d9822b', '#3a9a5b', '#b03a48', '#6f4fa8'];
     var points = 0;
-    spec.charts.forEach(function (c, i) {
-      var datasets = c.data.map(function (s, k) {
-        return { label: s.label, type: s.type, data: s.values, borderWidth: 1,
-                 backgroundColor: palette[k % palette.length] + (s.type === 'line' ? '00' : 'cc'),
-                 borderColor: palette[k % palette.length], pointRadius: 2 };
+    function datasets(data, numeric) {
+      return data.map(function (s, k) {
+        var d = { label: s.label, type: s.type, data: s.values, borderWidth: 1,
+                  backgroundColor: palette[k % palette.length] + (s.type === 'line' ? '00' : 'cc'),
+                  borderColor: palette[k % palette.length], pointRadius: 2 };
+        // Histogram bins touch each other on a numeric axis.
+        if (numeric && s.type === 'bar') { d.barPercentage = 1; d.categoryPercentage = 1; }
+        return d;
       });
+    }
+    spec.charts.forEach(function (c, i) {
+      var x = { title: { display: true, text: c.x_label } };
+      if (c.numeric_x) x.type = 'linear';
       var ch = new Chart(document.getElementById('chart-' + i), {
         type: 'bar',
-        data: { labels: c.categories, datasets: datasets },
+        data: { labels: c.numeric_x ? undefined : c.categories,
+                datasets: datasets(c.variants[0].data, c.numeric_x) },
         options: {
           animation: false, responsive: false,
           plugins: { title: { display: true, text: c.title },
                      tooltip: { callbacks: { label: function (ctx) {
                        var v = ctx.raw;
-                       return ctx.dataset.label + ': ' + (Array.isArray(v) ? '[' + v[0] + ', ' + v[1] + ']' : v);
+                       if (Array.isArray(v)) v = '[' + v[0] + ', ' + v[1] + ']';
+                       else if (v !== null && typeof v === 'object') v = 'x ' + v.x + ': ' + v.y;
+                       return ctx.dataset.label + ': ' + v;
                      } } } },
-          scales: { x: { title: { display: true, text: c.x_label } },
-                    y: { title: { display: true, text: c.y_label } } }
+          scales: { x: x, y: { title: { display: true, text: c.y_label } } }
         }
       });
       ch.data.datasets.forEach(function (d, k) { points += ch.getDatasetMeta(k).data.length; });
+      var chooser = document.getElementById('variant-' + i);
+      if (chooser) chooser.addEventListener('change', function () {
+        ch.data.datasets = datasets(c.variants[Number(chooser.value)].data, c.numeric_x);
+        ch.update();
+      });
     });
     status.dataset.points = String(points);
     if (!errors) status.textContent = 'rendered ' + points + ' chart elements';
@@ -163,6 +201,14 @@ inline std::string render(const page& p) {
     h += "</ul>\n";
   }
   for (std::size_t i = 0; i < p.charts.size(); ++i) {
+    if (p.charts[i].variants.size() > 1) {
+      const std::string id = "variant-" + std::to_string(i);
+      h += "<p><label for=\"" + id + "\">Show: </label><select id=\"" + id + "\">";
+      for (std::size_t v = 0; v < p.charts[i].variants.size(); ++v)
+        h += "<option value=\"" + std::to_string(v) + "\">" + escape_html(p.charts[i].variants[v].name) +
+             "</option>";
+      h += "</select></p>\n";
+    }
     // Wide enough that every category keeps a readable label.
     const std::size_t width = std::max<std::size_t>(900, 26 * p.charts[i].categories.size() + 160);
     h += "<canvas id=\"chart-" + std::to_string(i) + "\" width=\"" + std::to_string(width) +
