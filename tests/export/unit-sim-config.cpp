@@ -295,4 +295,23 @@ TEST_CASE("sim config: bad input is a config error naming the JSON path") {
   expect(R"({"defaults": {"ops": {}, "params": {}}, )", "not valid JSON");
   expect("[1, 2]", "expected an object");
 }
+
+TEST_CASE("sim config: sim_config_to_json writes what AIMET's shipped configs parse to, and reads back equal") {
+  // AIMET's shipped files are the independent truth: qkit's writer, fed what those files parse
+  // to, must write a file that parses to the same config (its keys AIMET's, its values
+  // "True"/"False" strings); a config with every field set round-trips too.
+  for (const char* text : {aimet_default_config, aimet_default_config_per_channel}) {
+    const auto c = qkit::parse_sim_config_text(text, "aimet");
+    const auto j = qkit::sim_config_to_json(c);
+    CHECK(qkit::parse_sim_config(nlohmann::json::parse(j.dump()), "written") == c);
+    CHECK(j["defaults"]["params"]["is_symmetric"] == "True");
+  }
+  qkit::sim_config c = qkit::default_sim_config();
+  c.op_type["Conv"].params["weight"].is_symmetric = false;
+  c.op_type["Relu"].encoding_constraints = std::pair{0.0, 6.0};
+  c.op_type["Add"].is_input_quantized = true;
+  c.model_output_quantized = false;
+  c.defaults.unsigned_symmetric = false;
+  CHECK(qkit::parse_sim_config(nlohmann::json::parse(qkit::sim_config_to_json(c).dump()), "written") == c);
+}
 }  // namespace unit_sim_config

@@ -20,6 +20,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <span>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -528,6 +529,30 @@ class quantsim {
     return y;
   }
 
+  /// Runs the dataflow node `node` on its operands (one tensor per entry of node.inputs, in
+  /// that order, taken as given) as forward() runs it inside the model: with the parameter
+  /// quantizers, then its output quantizer. Lets an analysis recompute only the part of the
+  /// graph that a change of quantizers affects (analysis::quant_analyzer's data-set mode).
+  tensor run_node(const nn::dataflow_node& node, std::span<const tensor* const> operands) {
+    QKIT_PRECONDITION(!calibrating_ && !training_, error, "quantsim: run_node during calibration or training");
+    QKIT_PRECONDITION(operands.size() == node.inputs.size(), config_error, "quantsim: run_node: '", node.name,
+                      "' takes ", node.inputs.size(), " operand(s), got ", operands.size());
+    tensor y;
+    bool found = false;
+    no_observer none;
+    hooks<no_observer> h{this, &none};
+    visit_nodes([&](const std::string&, auto& leaf) {
+      using L = std::remove_cvref_t<decltype(leaf)>;
+      if (found || static_cast<const void*>(&leaf) != node.layer) return;
+      found = true;
+      if constexpr (std::is_same_v<L, nn::add>) y = leaf.forward(*operands[0], *operands[1], h);
+      else y = leaf.forward(*operands[0], h);
+      on_output(node.layer, y);
+    });
+    QKIT_PRECONDITION(found, config_error, "quantsim: run_node: '", node.name, "' is not a layer of this simulation");
+    return y;
+  }
+
   /// The output quantizer of the layer called `name` (its output tensor's quantizer).
   activation_quantizer_type& output_quantizer(const std::string& name) {
     return acts_[act_index_.at(node(name).output)];
@@ -726,8 +751,10 @@ class quantsim {
 
   /// Loads an encodings file written for this model and freezes what it sets. The file must
   /// name exactly the enabled quantizers (format_error listing the names that differ), with
-  /// the bitwidths and channel counts they are configured for.
-  void load_encodings(const std::filesystem::path& path) {
+  /// the bitwidths and channel counts they are configured for — or, with
+  /// `bitwidths_from_file`, with any bitwidth: each quantizer then takes the file's (a mixed-
+  /// precision result, e.g. analysis::debug_quantization's, applied to a fresh simulation).
+  void load_encodings(const std::filesystem::path& path, bool bitwidths_from_file = false) {
     const io::encodings_file f = io::read_encodings(path);
     std::set<std::string> param_names, act_names;
     std::map<std::string, int> param_bw, act_bw;
@@ -742,7 +769,7 @@ class quantsim {
       param_bw[q.name()] = signed_bitwidth(q);
     }
     io::check_encoding_names(f, param_names, act_names);
-    io::check_encoding_bitwidths(f, param_bw, act_bw);
+    if (!bitwidths_from_file) io::check_encoding_bitwidths(f, param_bw, act_bw);
     for (std::size_t i = 0; i < params_.size(); ++i) {
       auto it = f.param_encodings.find(params_[i].name());
       if (it == f.param_encodings.end()) continue;

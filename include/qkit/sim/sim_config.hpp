@@ -402,6 +402,55 @@ inline sim_config load_sim_config(const std::filesystem::path& path) {
   return parse_sim_config_text(text, path.string());
 }
 
+/// The config as AIMET's JSON ("True"/"False" strings, as AIMET's files write them): what
+/// load_sim_config reads back to an equal config. Unset values are left out.
+inline nlohmann::ordered_json sim_config_to_json(const sim_config& c) {
+  using oj = nlohmann::ordered_json;
+  auto put = [](oj& j, const char* key, const std::optional<bool>& v) {
+    if (v) j[key] = *v ? "True" : "False";
+  };
+  auto param = [&](const sim_param_settings& p) {
+    oj j = oj::object();
+    put(j, "is_quantized", p.is_quantized);
+    put(j, "is_symmetric", p.is_symmetric);
+    return j;
+  };
+  oj j;
+  oj ops = oj::object();
+  put(ops, "is_input_quantized", c.defaults.is_input_quantized);
+  put(ops, "is_output_quantized", c.defaults.is_output_quantized);
+  put(ops, "is_symmetric", c.defaults.is_symmetric);
+  j["defaults"]["ops"] = ops;
+  j["defaults"]["params"] = param(c.defaults.params);
+  put(j["defaults"], "strict_symmetric", c.defaults.strict_symmetric);
+  put(j["defaults"], "unsigned_symmetric", c.defaults.unsigned_symmetric);
+  put(j["defaults"], "per_channel_quantization", c.defaults.per_channel_quantization);
+  j["params"] = oj::object();
+  for (const auto& [kind, p] : c.params) j["params"][kind] = param(p);
+  j["op_type"] = oj::object();
+  for (const auto& [op, s] : c.op_type) {
+    oj o = oj::object();
+    put(o, "is_input_quantized", s.is_input_quantized);
+    put(o, "is_output_quantized", s.is_output_quantized);
+    put(o, "is_symmetric", s.is_symmetric);
+    put(o, "per_channel_quantization", s.per_channel_quantization);
+    if (!s.params.empty()) {
+      o["params"] = oj::object();
+      for (const auto& [kind, p] : s.params) o["params"][kind] = param(p);
+    }
+    if (s.encoding_constraints)
+      o["encoding_constraints"] = {{"min", s.encoding_constraints->first}, {"max", s.encoding_constraints->second}};
+    j["op_type"][op] = o;
+  }
+  j["supergroups"] = oj::array();
+  for (const auto& g : c.supergroups) j["supergroups"].push_back({{"op_list", g}});
+  j["model_input"] = oj::object();
+  put(j["model_input"], "is_input_quantized", c.model_input_quantized);
+  j["model_output"] = oj::object();
+  put(j["model_output"], "is_output_quantized", c.model_output_quantized);
+  return j;
+}
+
 /// The settings of AIMET's default_config.json: op outputs and the model input quantized,
 /// asymmetric activations; weights quantized and symmetric, bias not quantized; per-tensor;
 /// Squeeze, Pad and Mean outputs left unquantized; supergroups Conv+Relu, Conv+Clip, Add+Relu,
