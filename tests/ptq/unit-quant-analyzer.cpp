@@ -22,6 +22,8 @@
 #include <qkit/sim/calibrate.hpp>
 #include <qkit/sim/quantsim.hpp>
 
+#include "report_browser.hpp"
+
 namespace unit_quant_analyzer {  // the suite is one translation unit: tests/CMakeLists.txt
 
 using namespace qkit;
@@ -194,6 +196,70 @@ TEST_CASE("quant_analyzer: sensitivity and per-layer enablement equal the scores
   CHECK(qa.costs()[2].evaluations == 3);
 }
 
+namespace {
+
+// The fixture's score as an nn::metric: −MSE of the outputs against the FP32 output rows of the
+// same samples.
+struct neg_mse_metric {
+  const std::vector<double>* reference;
+  double sum = 0.0;
+  std::size_t n = 0;
+  void update(const tensor& y, const data::batch& b) {
+    const std::size_t row = y.size() / b.size();
+    for (std::size_t k = 0; k < y.size(); ++k) {
+      const double d = double(y.data()[k]) - (*reference)[b.first * row + k];
+      sum += d * d;
+    }
+    n += y.size();
+  }
+  double result() const { return -sum / double(n); }
+};
+
+}  // namespace
+
+TEST_CASE("quant_analyzer: per-layer enablement on a data set, rerunning only what changes, equals the hand-worked scores") {
+  fixture f("data_mode");
+  analysis::quant_analyzer_options opt;
+  opt.results_dir = f.dir;
+  analysis::quant_analyzer<decltype(f.sim)> qa(f.sim, f.score(), opt);
+  const auto before = f.enabled();
+  const data::dataset eval(f.eval_x);
+  const auto near = [](double got, double want) {
+    return std::fabs(got - want) <= 1e-5 * std::max(1e-3, std::fabs(want));
+  };
+  // Batches of 16: the 64 samples in four, each layer's metric fed batch by batch.
+  const auto en = qa.per_layer_quant_enabled(eval, neg_mse_metric{&f.reference}, 16);
+  CHECK(f.enabled() == before);
+  REQUIRE(en.size() == 3);
+  CHECK(near(en[0].second, f.by_hand({.input = true, .w0 = true})));
+  CHECK(near(en[1].second, f.by_hand({.relu_out = true})));
+  CHECK(near(en[2].second, f.by_hand({.w2 = true, .out = true})));
+  const auto dis = qa.per_layer_quant_disabled(eval, neg_mse_metric{&f.reference}, 16);
+  CHECK(f.enabled() == before);
+  CHECK(near(dis[0].second, f.by_hand({.relu_out = true, .w2 = true, .out = true})));
+  CHECK(near(dis[1].second, f.by_hand({.input = true, .w0 = true, .w2 = true, .out = true})));
+  CHECK(near(dis[2].second, f.by_hand({.input = true, .w0 = true, .relu_out = true})));
+  // Node by node, the same arithmetic as the whole forward pass: equal to the callback's scores.
+  const auto en_cb = qa.per_layer_quant_enabled();
+  const auto dis_cb = qa.per_layer_quant_disabled();
+  for (std::size_t i = 0; i < 3; ++i) {
+    CHECK(en[i].second == en_cb[i].second);
+    CHECK(dis[i].second == dis_cb[i].second);
+  }
+  // Cost, worked by hand: per sample the nodes do 12 (linear 4→3), 3 (ReLU) and 6 (linear 3→2)
+  // multiply-accumulates, 21 in all. One shared pass, then layer 0 reruns all three nodes,
+  // layer 1 the last two, layer 2 the last: 1 + (21 + 9 + 6) / 21 evaluations, against 3.
+  REQUIRE(qa.costs().size() == 4);
+  CHECK(qa.costs()[0].evaluation_equivalents == doctest::Approx(1.0 + 36.0 / 21.0));
+  CHECK(qa.costs()[1].evaluation_equivalents == doctest::Approx(1.0 + 36.0 / 21.0));
+  CHECK(qa.costs()[0].evaluations == 0);
+  CHECK(qa.costs()[0].forward_passes == 4);
+  CHECK(qa.costs()[2].evaluation_equivalents == 3.0);
+  CHECK(read_json(f.dir / "per_layer_quant_enabled.json").at("1").get<double>() == en_cb[1].second);
+  CHECK_THROWS_WITH_AS(qa.per_layer_quant_enabled(data::dataset(tensor::from_shape({0, 4})), neg_mse_metric{&f.reference}),
+                       doctest::Contains("the evaluation data set is empty"), data_error);
+}
+
 TEST_CASE("quant_analyzer: per-layer MSE against the FP32 layer outputs worked by hand") {
   fixture f("mse");
   analysis::quant_analyzer_options opt;
@@ -352,58 +418,6 @@ TEST_CASE("quant_analyzer: statistics histograms count the FP32 inputs of each q
   CHECK(std::filesystem::exists(opt.results_dir / "activations_pdf/2_output_q0.html"));
 }
 
-namespace {
-
-// How a page rendered in headless Chromium with the network off: the chart elements the page
-// reports drawing, script errors it caught, and every console message Chromium logged (the
-// pages log nothing; Chromium logs uncaught errors and console.error alike as CONSOLE lines).
-struct rendered {
-  int points = -1, errors = -1;
-  std::vector<std::string> console;
-};
-
-std::string read_text(const std::filesystem::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-int attribute(const std::string& dom, const std::string& name) {
-  const std::string key = name + "=\"";
-  const auto at = dom.find(key);
-  return at == std::string::npos ? -1 : std::atoi(dom.c_str() + at + key.size());
-}
-
-rendered render_in_chromium(const std::filesystem::path& page, const std::filesystem::path& png) {
-  REQUIRE_MESSAGE(std::system("command -v chromium >/dev/null 2>&1") == 0,
-                  "chromium not found: scripts/deps.sh installs Debian's chromium");
-  const std::filesystem::path dom = png.string() + ".dom", log = png.string() + ".log";
-  // No proxy that answers and no name that resolves: the page must not need the network
-  // (its Content-Security-Policy also forbids every fetch).
-  const std::string flags =
-      "--headless=new --no-sandbox --disable-gpu --no-first-run --disable-extensions "
-      "--disable-background-networking --proxy-server=127.0.0.1:9 "
-      "--host-resolver-rules='MAP * ~NOTFOUND' --enable-logging=stderr --v=0 "
-      "--virtual-time-budget=3000 --window-size=1400,900 ";
-  const std::string url = "file://" + std::filesystem::absolute(page).string();
-  // A profile of its own: two Chromiums on one profile hand the page to each other.
-  const std::string profile = "--user-data-dir='" + png.string() + ".profile' ";
-  REQUIRE(std::system(("chromium " + flags + profile + "--dump-dom '" + url + "' > '" + dom.string() +
-                       "' 2> '" + log.string() + "'").c_str()) == 0);
-  REQUIRE(std::system(("chromium " + flags + profile + "--screenshot='" + png.string() + "' '" + url +
-                       "' > /dev/null 2>> '" + log.string() + "'").c_str()) == 0);
-  std::filesystem::remove_all(png.string() + ".profile");
-  rendered r;
-  const std::string d = read_text(dom);
-  r.points = attribute(d, "data-points");
-  r.errors = attribute(d, "data-errors");
-  std::istringstream lines(read_text(log));
-  for (std::string line; std::getline(lines, line);)
-    if (line.find(":CONSOLE") != std::string::npos) r.console.push_back(line);
-  return r;
-}
-
-}  // namespace
-
 TEST_CASE("quant_analyzer: every report page renders offline in headless Chromium with its data") {
   fixture f("reports");
   analysis::quant_analyzer_options opt;
@@ -435,7 +449,7 @@ TEST_CASE("quant_analyzer: every report page renders offline in headless Chromiu
     std::string shot = page;
     std::replace(shot.begin(), shot.end(), '/', '_');
     const auto png = shots / (shot + ".png");
-    const rendered r = render_in_chromium(f.dir / page, png);
+    const report_browser::rendered r = report_browser::render_in_chromium(f.dir / page, png);
     CHECK(r.points == points);
     CHECK(r.errors == 0);
     CHECK(r.console.empty());
@@ -445,7 +459,7 @@ TEST_CASE("quant_analyzer: every report page renders offline in headless Chromiu
     CHECK(std::filesystem::file_size(png) > 5000);
   }
   // The index links every page.
-  const std::string index = read_text(f.dir / "index.html");
+  const std::string index = report_browser::read_text(f.dir / "index.html");
   for (const auto& [page, points] : pages)
     if (page != "index.html") CHECK(index.find("href=\"" + page + "\"") != std::string::npos);
 }

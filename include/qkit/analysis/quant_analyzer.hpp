@@ -39,6 +39,7 @@
 #include "../io/atomic_file.hpp"
 #include "../quant/qdq.hpp"
 #include "../nn/dataflow.hpp"
+#include "../nn/evaluate.hpp"
 #include "../sim/quantsim.hpp"
 #include "../tensor/tensor.hpp"
 #include "report/html.hpp"
@@ -110,6 +111,17 @@ struct quant_analyzer_options {
   std::function<void(const analysis_progress&)> progress;
 };
 
+/// One histogram of export_per_layer_stats_histogram: a quantizer's input values (one channel
+/// of a per-channel parameter) and the encoding that quantizes them.
+struct quantizer_histogram {
+  std::string channel;  ///< empty for a per-tensor quantizer
+  exact_histogram h;
+  encoding e;
+};
+
+/// {quantizer: its histograms (one, or one per channel)}.
+using quantizer_histograms = std::map<std::string, std::vector<quantizer_histogram>>;
+
 /// What one analysis cost: evaluation callbacks, or for per-layer MSE forward passes over its
 /// samples (two: FP32 and quantized).
 struct analysis_cost {
@@ -117,6 +129,10 @@ struct analysis_cost {
   std::size_t evaluations = 0;
   std::size_t forward_passes = 0;
   std::size_t layers = 0;
+  /// The work done, in full evaluations of the data (one per evaluation callback; for the
+  /// data-set mode of the per-layer analyses the nodes actually run, weighted by their
+  /// multiply-accumulates, over those of a whole pass).
+  double evaluation_equivalents = 0.0;
 };
 
 template <class Sim>
@@ -167,6 +183,7 @@ class quant_analyzer {
       });
       s.quantized = score(name, "", 3, 4, [&](const std::string& q) { return on.count(q) > 0; });
     });
+    costs_.back().evaluation_equivalents = 4.0;
     nlohmann::ordered_json j;
     j["fp32"] = s.fp32;
     j["weights_quantized"] = s.weights_quantized;
@@ -196,6 +213,24 @@ class quant_analyzer {
   /// One evaluation per quantized layer.
   per_layer_values per_layer_quant_disabled() {
     return per_layer("per_layer_quant_disabled", false);
+  }
+
+  /// per_layer_quant_enabled on a data set scored by `metric` (nn::metric: top-1 accuracy by
+  /// default, as nn::evaluate), giving the scores the callback would give for that metric,
+  /// without a full evaluation per layer: each batch runs once in FP32 with every layer's output
+  /// kept, and each layer's run recomputes only that layer and the nodes downstream of it (the
+  /// part before it is the FP32 pass's). Cost in costs(): evaluations-equivalent.
+  template <nn::metric M = nn::top1_accuracy>
+  per_layer_values per_layer_quant_enabled(const data::dataset& eval, M metric = {},
+                                           std::size_t batch_size = nn::default_eval_batch_size) {
+    return per_layer_on_data("per_layer_quant_enabled", true, eval, std::move(metric), batch_size);
+  }
+  /// per_layer_quant_disabled on a data set, the same way: the shared pass is the fully
+  /// quantized one, and leaving a layer in float changes only that layer and what follows it.
+  template <nn::metric M = nn::top1_accuracy>
+  per_layer_values per_layer_quant_disabled(const data::dataset& eval, M metric = {},
+                                            std::size_t batch_size = nn::default_eval_batch_size) {
+    return per_layer_on_data("per_layer_quant_disabled", false, eval, std::move(metric), batch_size);
   }
 
   /// The encodings' [min, max] of every enabled quantizer, by layer as AIMET names them
@@ -259,8 +294,9 @@ class quant_analyzer {
   /// quantizer is per-channel. Writes `activations_pdf/<layer>_input_q0` and
   /// `<layer>_output_q0`, and `weights_pdf/<layer>/<layer>_<param>` (.json and .html; a
   /// per-channel parameter's page lets the reader choose the channel, where AIMET writes a page
-  /// per channel: 1,000 pages of 215 KB on a small MobileNet). No evaluation; one forward pass.
-  void export_per_layer_stats_histogram(const data::dataset& unlabeled) {
+  /// per channel: 1,000 pages of 215 KB on a small MobileNet). Returns the histograms. No
+  /// evaluation; one forward pass.
+  quantizer_histograms export_per_layer_stats_histogram(const data::dataset& unlabeled) {
     const std::string name = "stats_histogram";
     check_unlabeled(name, unlabeled);
     const auto layers = quantized_layers(sim_);
@@ -293,6 +329,7 @@ class quant_analyzer {
       }
     });
     costs_.back().forward_passes = 1;
+    quantizer_histograms out;
 
     // Activations: one histogram each, per tensor (the quantizers' granularity).
     for (const auto& [q, page] : act_page) {
@@ -300,12 +337,13 @@ class quant_analyzer {
       QKIT_PRECONDITION(!h.empty(), error, "quant_analyzer: ", name, ": quantizer '", q,
                         "' saw no data in the forward pass");
       const encoding e = sim_.with_quantizer(q, [](const auto& z) { return z.encodings()[0]; });
-      write_histogram(page, q, {{"", h, e}}, "Activation");
+      out[q] = {{"", h, e}};
+      write_histogram(page, q, out[q], "Activation");
     }
     // Parameters: per channel where per-channel.
     for (const auto& [q, page] : params) {
       const tensor& w = sim_.parameter(q);
-      std::vector<channel_histogram> channels;
+      std::vector<quantizer_histogram> channels;
       sim_.with_quantizer(q, [&](const auto& z) {
         const auto& encs = z.encodings();
         const std::span<const std::size_t> shape(w.shape().data(), w.shape().size());
@@ -323,8 +361,10 @@ class quant_analyzer {
         }
       });
       write_histogram(page, q, channels, "Weight");
+      out[q] = std::move(channels);
     }
     write_index();
+    return out;
   }
 
   /// Mean squared error between each layer's output in the FP32 model (every quantizer off)
@@ -426,12 +466,6 @@ class quant_analyzer {
     }
   };
 
-  struct channel_histogram {
-    std::string channel;  // empty: per tensor
-    exact_histogram h;
-    encoding e;
-  };
-
   // An enabled quantizer on an integer grid below 32 bits: one whose encoding has a range.
   bool integer_grid(const std::string& q) {
     return sim_.with_quantizer(q, [](const auto& z) {
@@ -460,7 +494,7 @@ class quant_analyzer {
   // A histogram page and its JSON: bins as {x: bin centre, y: count}, the encoding's min and
   // max as vertical lines as high as the tallest bin.
   void write_histogram(const std::string& page, const std::string& q,
-                       const std::vector<channel_histogram>& channels, const std::string& what) {
+                       const std::vector<quantizer_histogram>& channels, const std::string& what) {
     nlohmann::ordered_json j;
     j["quantizer"] = q;
     j["channels"] = nlohmann::ordered_json::array();
@@ -486,7 +520,9 @@ class quant_analyzer {
       }
       report::series lo{"encoding min", {}, {}, "line", {{ch.e.min, 0.0}, {ch.e.min, top}}};
       report::series hi{"encoding max", {}, {}, "line", {{ch.e.max, 0.0}, {ch.e.max, top}}};
-      if (ch.h.min() < ch.e.min || ch.h.max() > ch.e.max) ++outside;
+      // Beyond half a step: a weight stored on the grid's end in float may sit a float's
+      // rounding past the double-precision bound and is not clipped.
+      if (ch.h.min() < ch.e.min - 0.5 * ch.e.scale || ch.h.max() > ch.e.max + 0.5 * ch.e.scale) ++outside;
       c.variants.push_back({ch.channel.empty() ? q : "channel " + ch.channel, {bins, lo, hi}});
     }
     write_json(page + ".json", j);
@@ -497,7 +533,7 @@ class quant_analyzer {
         << ch.e.max << "], " << ch.h.total() << " values.";
     } else {
       f << q << ": " << channels.size() << " channels (choose one below); " << outside
-        << " of them have values outside their encoding's range.";
+        << " of them have values clipped by their encoding's range.";
     }
     write_page(page + ".html", what + " histogram: " + q, f.str(), {c}, /*update_index=*/false);
   }
@@ -572,6 +608,97 @@ class quant_analyzer {
                          }));
       }
     });
+    costs_.back().evaluation_equivalents = double(costs_.back().evaluations);
+    write_per_layer(name, only_this_layer, out);
+    return out;
+  }
+
+  // The data-set mode of the per-layer analyses (see per_layer_quant_enabled(eval, metric)).
+  template <class M>
+  per_layer_values per_layer_on_data(const std::string& name, bool only_this_layer,
+                                     const data::dataset& eval, M proto, std::size_t batch_size) {
+    QKIT_PRECONDITION(!eval.empty(), data_error, "quant_analyzer: ", name, ": the evaluation data set is empty");
+    QKIT_PRECONDITION(batch_size > 0, config_error, "quant_analyzer: ", name, ": batch_size is 0");
+    const auto layers = quantized_layers(sim_);
+    const nn::dataflow& flow = sim_.dataflow();
+    std::map<std::string, std::size_t> node_index;
+    for (std::size_t k = 0; k < flow.nodes.size(); ++k) node_index[flow.nodes[k].name] = k;
+    std::vector<M> metrics(layers.size(), proto);
+    begin(name, layers.size());
+    const auto range = data::batches(eval, batch_size);
+    double whole = 0.0, done = 0.0;  // multiply-accumulates of the shared passes, of the reruns
+    with_state_restored([&](const std::set<std::string>& on) {
+      std::size_t step = 0;
+      for (const data::batch& b : range) {
+        set_enabled([&](const std::string& q) { return !only_this_layer && on.count(q) > 0; });
+        capture_tensors cap{&flow, {}, std::vector<double>(flow.nodes.size(), 0.0)};
+        (void)sim_.forward(b.samples, cap);
+        ++costs_.back().forward_passes;
+        for (const double w : cap.work) whole += w;
+        for (std::size_t i = 0; i < layers.size(); ++i) {
+          if (options_.progress) options_.progress({name, layers[i].layer, step++, layers.size() * range.size()});
+          const std::set<std::string> mine(layers[i].quantizers.begin(), layers[i].quantizers.end());
+          set_enabled([&](const std::string& q) {
+            return only_this_layer ? mine.count(q) > 0 : on.count(q) > 0 && !mine.count(q);
+          });
+          std::map<std::string, tensor> changed;
+          // The model input as this run consumes it (qdq is the identity when the input
+          // quantizer is off).
+          if (mine.count(flow.input))
+            changed[flow.input] = sim_.activation_quantizer(flow.input).qdq(b.samples);
+          const std::size_t start = node_index.at(layers[i].layer);
+          for (std::size_t k = start; k < flow.nodes.size(); ++k) {
+            const auto& n = flow.nodes[k];
+            bool dirty = k == start;
+            for (const auto& in : n.inputs) dirty = dirty || changed.count(in) > 0;
+            if (!dirty) continue;  // upstream of nothing that changed: the shared pass's output
+            std::vector<const tensor*> operands;
+            for (const auto& in : n.inputs) {
+              auto it = changed.find(in);
+              operands.push_back(it != changed.end() ? &it->second : &cap.tensors.at(in));
+            }
+            tensor y = sim_.run_node(n, operands);
+            changed[n.output] = std::move(y);
+            done += cap.work[k];
+          }
+          auto it = changed.find(flow.output);
+          metrics[i].update(it != changed.end() ? it->second : cap.tensors.at(flow.output), b);
+        }
+      }
+    });
+    per_layer_values out;
+    for (std::size_t i = 0; i < layers.size(); ++i) {
+      const double v = metrics[i].result();
+      QKIT_PRECONDITION(std::isfinite(double(v)), error, "quant_analyzer: ", name, ": the metric gave ", v,
+                        " for layer '", layers[i].layer, "' (a score must be a finite number)");
+      out.emplace_back(layers[i].layer, double(v));
+    }
+    costs_.back().evaluation_equivalents = whole > 0.0 ? (whole + done) / whole : 0.0;
+    write_per_layer(name, only_this_layer, out);
+    return out;
+  }
+
+  // Keeps every tensor of a pass as the graph consumes it (after its quantizer), and each
+  // node's work: multiply-accumulates for a conv/linear, one per output value otherwise.
+  struct capture_tensors {
+    const nn::dataflow* flow;
+    std::map<std::string, tensor> tensors;
+    std::vector<double> work;
+    void model_input(const tensor&, const tensor& xq) { tensors[flow->input] = xq; }
+    template <class L>
+    void layer_output(const nn::dataflow_node& n, const L& layer, const tensor&, const tensor& after) {
+      tensors[n.output] = after;
+      double w = double(after.size());
+      if constexpr (requires { layer.weight(); }) {
+        const tensor& wt = layer.weight();
+        if (wt.dimension() > 0 && wt.shape(0) > 0) w *= double(wt.size() / wt.shape(0));
+      }
+      for (std::size_t k = 0; k < flow->nodes.size(); ++k)
+        if (flow->nodes[k].layer == n.layer) work[k] = w;
+    }
+  };
+
+  void write_per_layer(const std::string& name, bool only_this_layer, const per_layer_values& out) {
     nlohmann::ordered_json j = nlohmann::ordered_json::object();
     for (const auto& [layer, s] : out) j[layer] = s;
     write_json(name + ".json", j);
@@ -588,7 +715,6 @@ class quant_analyzer {
                                  : "Per-layer quantization disabled (all but that layer quantized)",
                  f.str(), {bar_chart(out, "layer", "score", "score")});
     }
-    return out;
   }
 
   static report::chart bar_chart(const per_layer_values& v, const std::string& x,
