@@ -12,7 +12,7 @@
 //
 //   fashion_mnist --data /usr/share/datasets/fashion-mnist --out out [--epochs N] [--retrain]
 //                 [--train-only] [--threads N] [--seed S] [--adaround [--adaround-iterations N]]
-//                 [--qat [--qat-steps N]] [--analyze]
+//                 [--qat [--qat-steps N]] [--analyze] [--debug]
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -45,6 +45,7 @@ struct options {
   bool adaround = false;              // also the AdaRound / Sequential MSE table
   bool qat = false;                   // also the QAT table
   bool analyze = false;               // also QuantAnalyzer
+  bool debug = false;                 // also the debugging workflow
   std::size_t qat_steps = 938;        // batches of 64 per QAT run (one epoch)
   std::size_t adaround_iterations = 0;  // 0: AIMET's default
 };
@@ -53,7 +54,7 @@ void usage(std::FILE* to) {
   std::fprintf(to,
                "usage: fashion_mnist --data DIR --out DIR [--epochs N] [--retrain] [--train-only]\n"
                "                     [--threads N] [--seed S] [--adaround [--adaround-iterations N]]\n"
-               "                     [--qat [--qat-steps N]] [--analyze]\n"
+               "                     [--qat [--qat-steps N]] [--analyze] [--debug]\n"
                "  --data DIR     Fashion-MNIST IDX files (default /usr/share/datasets/fashion-mnist)\n"
                "  --out DIR      where fashion_mobilenet.npz is written (required)\n"
                "  --epochs N     training epochs (default 12)\n"
@@ -68,7 +69,9 @@ void usage(std::FILE* to) {
                "  --qat          also run the QAT table (PTQ vs regular QAT vs range learning at\n"
                "                 W8A8, W4A8, W8A4, W4A4; about 10 minutes on two cores)\n"
                "  --qat-steps N  batches of 64 per QAT run (default 938: one epoch)\n"
-               "  --analyze      also run QuantAnalyzer at W4A8 per-tensor (OUT/quant_analyzer/)\n");
+               "  --analyze      also run QuantAnalyzer at W4A8 per-tensor (OUT/quant_analyzer/)\n"
+               "  --debug        also run the debugging workflow at W4A8 per-tensor, allowed drop\n"
+               "                 1% (OUT/debug_quantization/; AdaRound steps: --adaround-iterations)\n");
 }
 
 struct usage_error : std::runtime_error {
@@ -108,6 +111,7 @@ options parse_args(int argc, char** argv) {
     else if (a == "--qat") o.qat = true;
     else if (a == "--qat-steps") o.qat_steps = parse_count(a, value());
     else if (a == "--analyze") o.analyze = true;
+    else if (a == "--debug") o.debug = true;
     else if (a == "--adaround-iterations") o.adaround_iterations = parse_count(a, value());
     else if (a == "--help" || a == "-h") { usage(stdout); std::exit(0); }
     else throw usage_error("unknown argument '" + a + "'");
@@ -181,6 +185,7 @@ int run(const options& o) {
   if (o.adaround) fashion::adaround_table(model, train_set, test_set, o.out_dir, o.adaround_iterations);
   if (o.qat) fashion::qat_table(model, train_set, test_set, o.qat_steps);
   if (o.analyze) fashion::analysis_table(model, train_set, test_set, o.out_dir);
+  if (o.debug) fashion::debug_workflow(model, train_set, test_set, o.out_dir, o.adaround_iterations);
   return 0;
 }
 

@@ -2,7 +2,8 @@
 // (`fashion_mnist --analyze`, the figures of docs/analysis.md): per-tensor W4A8, the precision
 // whose PTQ result collapses (docs/ptq.md), calibrated with min-max on the 2,000 repair images,
 // scored by top-1 on the test images; per-layer MSE on 256 training images. Prints what each
-// analysis found and what it cost; the JSON files go to OUT/quant_analyzer/.
+// analysis found and what it cost; the JSON files go to OUT/quant_analyzer/. debug_workflow runs
+// the guidebook's debugging workflow at the same precision (`fashion_mnist --debug`).
 #pragma once
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include <qkit/analysis/debug.hpp>
 #include <qkit/analysis/quant_analyzer.hpp>
 #include <qkit/data/dataset.hpp>
 #include <qkit/nn/evaluate.hpp>
@@ -74,6 +76,28 @@ void analysis_table(const Model& model, const qkit::data::dataset& train,
                 c.analysis.c_str(), c.evaluations, c.forward_passes);
   std::printf("  time: sensitivity %.1f s, enabled %.1f s, disabled %.1f s, min-max %.2f s, "
               "MSE %.1f s\n", t_sens, t_en, t_dis, t_mm, t_mse);
+}
+
+/// The debugging workflow at W4A8 per-tensor with an allowed drop of 1%, scored on the test
+/// images, calibrated on the 2,000 repair images (histograms and MSE on them too); AdaRound with
+/// `adaround_iterations` steps per layer (0: AIMET's default). Prints the summary; the report and
+/// the result files go to OUT/debug_quantization/.
+template <class Model>
+void debug_workflow(const Model& model, const qkit::data::dataset& train,
+                    const qkit::data::dataset& test, const std::filesystem::path& out,
+                    std::size_t adaround_iterations) {
+  const qkit::data::dataset calib = repair_calibration_set(train);
+  qkit::analysis::debug_options o;
+  o.results_dir = out / "debug_quantization";
+  o.allowed_drop = 0.01;
+  o.adaround_options.iterations = adaround_iterations;
+  o.adaround_options.verbose = true;  // minutes: a progress line per layer
+  std::printf("\nDebugging workflow, W4A8 per-tensor, allowed drop 1%%, top-1 on %zu test images -> %s\n",
+              test.size(), o.results_dir.string().c_str());
+  const auto r = qkit::analysis::debug_quantization<qkit::presets::w4a8>(
+      model, qkit::data::first(calib, 1).samples(), calib, calib,
+      [&](auto& m) { return qkit::nn::evaluate(m, test); }, o);
+  std::printf("%s", r.summary().c_str());
 }
 
 }  // namespace fashion
