@@ -1,7 +1,8 @@
 // tests/report_browser.hpp — opens a report page in headless Chromium (Debian's `chromium`,
 // installed by scripts/deps.sh) with the network off, and reads back how it rendered: the chart
 // elements the page reports drawing, the script errors it caught, every console message, and a
-// screenshot that stays for a person to look at. Shared by the suites that write reports.
+// screenshot that stays for a person to look at; and reads a report's JSON. Shared by the
+// suites that write reports.
 #pragma once
 
 #include <cstdlib>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include <doctest/doctest.h>
+#include <nlohmann/json.hpp>
 
 namespace report_browser {
 
@@ -27,6 +29,13 @@ struct rendered {
 inline std::string read_text(const std::filesystem::path& p) {
   std::ifstream in(p, std::ios::binary);
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+/// A report's JSON file, parsed (a missing file fails the test, naming it).
+inline nlohmann::json read_json(const std::filesystem::path& p) {
+  std::ifstream in(p);
+  REQUIRE_MESSAGE(in.good(), "missing ", p.string());
+  return nlohmann::json::parse(in);
 }
 
 inline int attribute(const std::string& dom, const std::string& name) {

@@ -38,6 +38,7 @@ TEST_CASE("QuantAnalyzer on the trained model: W4A8 per-tensor breaks in the wei
   CHECK(s.quantized < 0.2);
 
   auto en = qa.per_layer_quant_enabled();
+  const auto en_cb = en;  // in dataflow order, for the data-set mode below
   REQUIRE(en.size() == 25);
   std::sort(en.begin(), en.end(), [](const auto& a, const auto& b) { return a.second < b.second; });
   for (const auto& [layer, score] : en) std::printf("analysis: only %-26s %.2f%%\n", layer.c_str(), 100 * score);
@@ -51,7 +52,6 @@ TEST_CASE("QuantAnalyzer on the trained model: W4A8 per-tensor breaks in the wei
 
   // On a data set the analyzer reruns only what each layer changes, node by node through the
   // residual blocks: the same 25 scores as the 25 evaluations, for less work.
-  const auto en_cb = qa.per_layer_quant_enabled();
   const auto en_data = qa.per_layer_quant_enabled(test);
   const auto dis_cb = qa.per_layer_quant_disabled();
   const auto dis_data = qa.per_layer_quant_disabled(test);
@@ -110,17 +110,17 @@ TEST_CASE("Debugging workflow on the trained model: W4A8 per-tensor to within 1%
   CHECK(all >= fp32_all - 0.01);
 
   // The main pages render offline with their data; their screenshots are kept.
-  const auto j = nlohmann::json::parse(report_browser::read_text(o.results_dir / "debug_report.json"));
+  const auto j = report_browser::read_json(o.results_dir / "debug_report.json");
   int trials = 0;
   for (const auto& s : j["steps"]) trials += int(s["trials"].size());
-  const auto hist = nlohmann::json::parse(report_browser::read_text(
-      o.results_dir / "analysis/weights_pdf/features.2.dw.conv/features.2.dw.conv_weight.json"));
+  const auto hist = report_browser::read_json(
+      o.results_dir / "analysis/weights_pdf/features.2.dw.conv/features.2.dw.conv_weight.json");
   const std::vector<std::pair<std::string, int>> pages{
       {"debug_report.html", 2 * trials},  // a bar and a target point per try
       {"analysis/index.html", 0},
       {"analysis/per_layer_quant_enabled.html", 25},
       {"analysis/per_layer_mse_loss.html",  // every layer of the dataflow
-       int(nlohmann::json::parse(report_browser::read_text(o.results_dir / "analysis/per_layer_mse_loss.json")).size())},
+       int(report_browser::read_json(o.results_dir / "analysis/per_layer_mse_loss.json").size())},
       {"analysis/weights_pdf/features.2.dw.conv/features.2.dw.conv_weight.html",
        int(hist["channels"][0]["counts"].size()) + 4}};
   const std::filesystem::path shots = std::filesystem::path(QKIT_TEST_OUTPUT) / "screenshots";

@@ -18,31 +18,22 @@
 #include <qkit/io/encodings_file.hpp>
 #include <qkit/nn/nn.hpp>
 
+#include "ptq_test_util.hpp"
+#include "report_browser.hpp"
+
 namespace unit_debug {  // the suite is one translation unit: tests/CMakeLists.txt
+
+using report_browser::read_json;
 
 using namespace qkit;
 using namespace qkit::nn;
 
 namespace {
 
-auto make_model() {
-  auto m = sequential(linear(4, 3), relu(), linear(3, 2));
-  std::mt19937 rng(3);
-  std::uniform_real_distribution<float> u(-0.8f, 0.8f);
-  for (auto& v : m.get<0>().weight()) v = u(rng);
-  for (auto& v : m.get<0>().bias()) v = u(rng);
-  for (auto& v : m.get<2>().weight()) v = u(rng);
-  for (auto& v : m.get<2>().bias()) v = u(rng);
-  return m;
-}
-using model_t = decltype(make_model());
 
 // Normal samples; with `outliers`, every 500th sample has feature 0 at 60.
 tensor samples(std::size_t n, std::uint32_t seed, bool outliers) {
-  tensor x = tensor::from_shape({n, 4});
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> g(0.0f, 1.0f);
-  for (auto& v : x) v = g(rng);
+  tensor x = ptq_test::normal_tensor({n, 4}, seed);
   if (outliers)
     for (std::size_t i = 0; i < n; i += 500) x(i, 0) = 60.0f;
   return x;
@@ -60,7 +51,7 @@ tensor run(M& m, const tensor& x) {
 }
 
 struct setup {
-  model_t model = make_model();
+  ptq_test::small_mlp_t model = ptq_test::small_mlp();
   tensor example = samples(1, 1, false);
   data::dataset calib{samples(2000, 5, true)};
   tensor eval_x = samples(256, 11, false);
@@ -90,12 +81,6 @@ struct setup {
     return o;
   }
 };
-
-nlohmann::json read_json(const std::filesystem::path& p) {
-  std::ifstream in(p);
-  REQUIRE_MESSAGE(in.good(), "missing ", p.string());
-  return nlohmann::json::parse(in);
-}
 
 }  // namespace
 

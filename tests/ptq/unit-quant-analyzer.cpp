@@ -22,34 +22,22 @@
 #include <qkit/sim/calibrate.hpp>
 #include <qkit/sim/quantsim.hpp>
 
+#include "ptq_test_util.hpp"
 #include "report_browser.hpp"
 
 namespace unit_quant_analyzer {  // the suite is one translation unit: tests/CMakeLists.txt
+
+using report_browser::read_json;
 
 using namespace qkit;
 using namespace qkit::nn;
 
 namespace {
 
-tensor normal(std::size_t n, std::size_t d, std::uint32_t seed) {
-  tensor x = tensor::from_shape({n, d});
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> g(0.0f, 1.0f);
-  for (auto& v : x) v = g(rng);
-  return x;
-}
+tensor normal(std::size_t n, std::size_t d, std::uint32_t seed) { return ptq_test::normal_tensor({n, d}, seed); }
 
-auto make_model() {
-  auto m = sequential(linear(4, 3), relu(), linear(3, 2));
-  std::mt19937 rng(3);
-  std::uniform_real_distribution<float> u(-0.8f, 0.8f);
-  for (auto& v : m.get<0>().weight()) v = u(rng);
-  for (auto& v : m.get<0>().bias()) v = u(rng);
-  for (auto& v : m.get<2>().weight()) v = u(rng);
-  for (auto& v : m.get<2>().bias()) v = u(rng);
-  return m;
-}
-using model_t = decltype(make_model());
+auto make_model() { return ptq_test::small_mlp(); }
+using model_t = ptq_test::small_mlp_t;
 
 // q = clamp(round(x / scale) - offset, 0, 2^bw - 1), x̂ = scale * (q + offset) (DESIGN.md).
 double qdq(double x, const encoding& e) {
@@ -128,12 +116,6 @@ struct fixture {
     return on;
   }
 };
-
-nlohmann::json read_json(const std::filesystem::path& p) {
-  std::ifstream in(p);
-  REQUIRE_MESSAGE(in.good(), "missing ", p.string());
-  return nlohmann::json::parse(in);
-}
 
 }  // namespace
 

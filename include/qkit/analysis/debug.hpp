@@ -357,9 +357,8 @@ debug_result<Model> debug_quantization(const Model& model, const tensor& example
     std::vector<detail::weights_state<Model>> bases{plain};
     // Cross-layer equalization (AIMET: with batch norms folded and ReLU6 replaced by ReLU).
     detail::weights_state<Model> cle{"CLE", model, base_config, {}, 0.0};
-    std::string cle_summary;
     cle.score = trial(s3, "CLE", [&] {
-      const auto rep = ptq::equalize(cle.model, example_input);
+      (void)ptq::equalize(cle.model, example_input);
       auto sim = build(cle, minmax_range{});
       return score(sim);
     });

@@ -631,7 +631,7 @@ class quant_analyzer {
       std::size_t step = 0;
       for (const data::batch& b : range) {
         set_enabled([&](const std::string& q) { return !only_this_layer && on.count(q) > 0; });
-        capture_tensors cap{&flow, {}, std::vector<double>(flow.nodes.size(), 0.0)};
+        capture_tensors cap{&flow, &node_index, {}, std::vector<double>(flow.nodes.size(), 0.0)};
         (void)sim_.forward(b.samples, cap);
         ++costs_.back().forward_passes;
         for (const double w : cap.work) whole += w;
@@ -682,6 +682,7 @@ class quant_analyzer {
   // node's work: multiply-accumulates for a conv/linear, one per output value otherwise.
   struct capture_tensors {
     const nn::dataflow* flow;
+    const std::map<std::string, std::size_t>* node_index;
     std::map<std::string, tensor> tensors;
     std::vector<double> work;
     void model_input(const tensor&, const tensor& xq) { tensors[flow->input] = xq; }
@@ -693,8 +694,7 @@ class quant_analyzer {
         const tensor& wt = layer.weight();
         if (wt.dimension() > 0 && wt.shape(0) > 0) w *= double(wt.size() / wt.shape(0));
       }
-      for (std::size_t k = 0; k < flow->nodes.size(); ++k)
-        if (flow->nodes[k].layer == n.layer) work[k] = w;
+      work[node_index->at(n.name)] = w;
     }
   };
 
