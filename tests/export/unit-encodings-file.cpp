@@ -61,7 +61,9 @@ void check_same(const encodings_file& a, const encodings_file& b, bool with_min_
   auto same = [&](const std::map<std::string, std::vector<encoding>>& x,
                   const std::map<std::string, std::vector<encoding>>& y) {
     REQUIRE(x.size() == y.size());
-    for (const auto& [name, encs] : x) {
+    for (const auto& entry : x) {  // not a structured binding: CAPTURE is a lambda (clang < 16)
+      const std::string& name = entry.first;
+      const std::vector<encoding>& encs = entry.second;
       CAPTURE(name);
       REQUIRE(y.count(name));
       const auto& other = y.at(name);

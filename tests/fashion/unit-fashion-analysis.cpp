@@ -125,7 +125,9 @@ TEST_CASE("Debugging workflow on the trained model: W4A8 per-tensor to within 1%
        int(hist["channels"][0]["counts"].size()) + 4}};
   const std::filesystem::path shots = std::filesystem::path(QKIT_TEST_OUTPUT) / "screenshots";
   std::filesystem::create_directories(shots);
-  for (const auto& [page, points] : pages) {
+  for (const auto& page_points : pages) {  // not a structured binding: CAPTURE is a lambda (clang < 16)
+    const std::string& page = page_points.first;
+    const int points = page_points.second;
     CAPTURE(page);
     std::string shot = page;
     std::replace(shot.begin(), shot.end(), '/', '_');

@@ -425,7 +425,9 @@ TEST_CASE("quant_analyzer: every report page renders offline in headless Chromiu
                        int(read_json(f.dir / (std::string(h) + ".json"))["channels"][0]["counts"].size()) + 4);
   const std::filesystem::path shots = std::filesystem::path(QKIT_TEST_OUTPUT) / "screenshots";
   std::filesystem::create_directories(shots);
-  for (const auto& [page, points] : pages) {
+  for (const auto& page_points : pages) {  // not a structured binding: CAPTURE is a lambda (clang < 16)
+    const std::string& page = page_points.first;
+    const int points = page_points.second;
     CAPTURE(page);
     REQUIRE(std::filesystem::exists(f.dir / page));
     std::string shot = page;

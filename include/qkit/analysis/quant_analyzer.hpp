@@ -341,7 +341,10 @@ class quant_analyzer {
       write_histogram(page, q, out[q], "Activation");
     }
     // Parameters: per channel where per-channel.
-    for (const auto& [q, page] : params) {
+    // (Not a structured binding: clang before 16 cannot capture one in the lambda below.)
+    for (const auto& param_page : params) {
+      const std::string& q = param_page.first;
+      const auto& page = param_page.second;
       const tensor& w = sim_.parameter(q);
       std::vector<quantizer_histogram> channels;
       sim_.with_quantizer(q, [&](const auto& z) {
