@@ -60,7 +60,7 @@ if has sanitize; then
   # Its QuantSim-equals-FP32 test, the analytical bias correction and a few steps of range
   # learning on the real model (the QAT W4A4 test, reduced there) still run, as do the fashion
   # tests of the io and nn suites.
-  heavy='^fashion/(PTQ on the trained model: (the equalized|W8A8|W4A8|the repaired|bias correction shrinks)|trained model: (accuracy|exported)|training:|AdaRound|Sequential MSE|QAT on the trained model: W[48]A8|QuantAnalyzer on the trained model|Debugging workflow on the trained model)'
+  heavy='^fashion/(PTQ on the trained model: (the equalized|W8A8|W4A8|the repaired|bias correction shrinks)|trained model: (accuracy|exported)|training:|AdaRound|Sequential MSE|QAT on the trained model: W[48]A8|QuantAnalyzer on the trained model|Debugging workflow on the trained model|AutoQuant on the trained model)'
   step sanitize-ctest ctest --test-dir "$san" --output-on-failure -j "$jobs" \
     -E "${SANITIZE_EXCLUDE:-$heavy}" "$@"
 fi

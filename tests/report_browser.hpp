@@ -23,6 +23,7 @@ namespace report_browser {
 // pages log nothing; Chromium logs uncaught errors and console.error alike as CONSOLE lines).
 struct rendered {
   int points = -1, errors = -1;
+  int flow_boxes = 0;  ///< boxes of the page's flow diagram in the rendered DOM
   std::vector<std::string> console;
 };
 
@@ -67,6 +68,8 @@ inline rendered render_in_chromium(const std::filesystem::path& page, const std:
   const std::string d = read_text(dom);
   r.points = attribute(d, "data-points");
   r.errors = attribute(d, "data-errors");
+  for (std::size_t at = d.find("class=\"qkit-box"); at != std::string::npos; at = d.find("class=\"qkit-box", at + 1))
+    ++r.flow_boxes;
   std::istringstream lines(read_text(log));
   for (std::string line; std::getline(lines, line);)
     if (line.find(":CONSOLE") != std::string::npos) r.console.push_back(line);

@@ -110,7 +110,7 @@ TEST_CASE("debug_quantization: outlier activations are found, fixed by a percent
   CHECK_FALSE(r.steps[2].ran);
   CHECK(r.steps[3].ran);
   CHECK(r.steps[3].trials.size() == 6);
-  CHECK(r.activations != analysis::activation_range::minmax);
+  CHECK(r.activations != range_method::minmax);
   float ordinary = 0.0f;
   for (std::size_t i = 0; i < s.calib.size(); ++i)
     for (std::size_t f = 0; f < 4; ++f)
@@ -131,7 +131,7 @@ TEST_CASE("debug_quantization: outlier activations are found, fixed by a percent
   const auto j = read_json(o.results_dir / "debug_report.json");
   CHECK(j.at("score").get<double>() == r.score);
   CHECK(j.at("steps").size() == 6);
-  CHECK(j.at("activation_range") == analysis::to_string(r.activations));
+  CHECK(j.at("activation_range") == to_string(r.activations));
   CHECK(std::filesystem::exists(o.results_dir / "debug_report.html"));
 }
 
@@ -181,6 +181,34 @@ TEST_CASE("debug_quantization: bad input") {
   o.results_dir = o.results_dir / "a_file" / "results";
   CHECK_THROWS_WITH_AS(analysis::debug_quantization<presets::w8a8>(s.model, s.example, s.calib, s.calib, s.score(), o),
                        doctest::Contains("cannot create the results folder"), qkit::error);
+}
+
+// Regression: a weights file holds parameters only, so a result whose ReLU6 cross-layer
+// equalization had turned into ReLU loaded back with its ReLU6 (a different model wherever
+// activations pass 6). The loader applies relu6_replaced.json; without it the score differs.
+TEST_CASE("load_debug_result: a model whose ReLU6 CLE turned into ReLU loads as it was saved") {
+  setup s;
+  auto m = sequential(linear(4, 3), relu6(), linear(3, 2));
+  m.get<0>().weight() = ptq_test::normal_tensor({3, 4}, 21, 8.0f);  // pre-activations well past 6
+  m.get<2>().weight() = ptq_test::normal_tensor({2, 3}, 22);
+  auto eq = m;
+  REQUIRE(ptq::equalize(eq, s.example).relu6_replaced.size() == 1);
+  quantsim<decltype(m), presets::w8a8> sim(eq, s.example);
+  calibrate(sim, s.calib, 2000);
+  const auto dir = std::filesystem::path(QKIT_TEST_OUTPUT) / "debug_relu6";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  nn::save_weights(sim.model(), dir / "model.npz");
+  io::write_file_atomically(dir / "relu6_replaced.json", nlohmann::json(ptq::replaced_relu6(sim.model())).dump());
+  io::write_file_atomically(dir / "quantsim_config.json", sim_config_to_json(presets::w8a8::default_config()).dump());
+  sim.export_encodings(dir / "model.encodings");
+  auto out = [&](auto& x) { return x.forward(s.eval_x); };
+  const tensor want = out(sim);
+  auto loaded = analysis::load_debug_result<presets::w8a8>(m, s.example, dir);
+  CHECK(out(loaded) == want);
+  std::filesystem::remove(dir / "relu6_replaced.json");
+  auto without = analysis::load_debug_result<presets::w8a8>(m, s.example, dir);
+  CHECK_FALSE(out(without) == want);
 }
 
 }  // namespace unit_debug

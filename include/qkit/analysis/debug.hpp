@@ -4,8 +4,9 @@
 // stops fixing once the target (FP32 − allowed drop) is met, and writes what it tried, what each
 // try scored and what to do next into debug_report.{json,html}, with QuantAnalyzer's pages of
 // the final simulation under analysis/ and the result as files a fresh simulation loads: the
-// weights (model.npz), the AIMET config (quantsim_config.json) and the encodings with their
-// per-quantizer bitwidths (model.encodings) — load_debug_result() puts them together again.
+// weights (model.npz; relu6_replaced.json names the ReLU6 layers CLE turned into ReLU), the AIMET
+// config (quantsim_config.json) and the encodings with their per-quantizer bitwidths
+// (model.encodings) — load_debug_result() puts them together again.
 //
 // Range setters and presets are compile-time policies of quantsim, so each try is a simulation
 // of its own type built from a "weights state" (the model's weights, the config, the parameter
@@ -28,11 +29,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "../calib/entropy.hpp"
-#include "../calib/minmax.hpp"
-#include "../calib/mse.hpp"
-#include "../calib/percentile.hpp"
-#include "../calib/tf_enhanced.hpp"
+#include "../calib/range_method.hpp"
 #include "../data/dataset.hpp"
 #include "../error.hpp"
 #include "../io/atomic_file.hpp"
@@ -48,36 +45,6 @@
 #include "report/html.hpp"
 
 namespace qkit::analysis {
-
-/// The activation range setters step 4 tries (AIMET's quant schemes; percentile at the two
-/// values AutoQuant uses).
-enum class activation_range { minmax, tf_enhanced, percentile_99_9, percentile_99_99, mse, entropy };
-
-inline std::string to_string(activation_range r) {
-  switch (r) {
-    case activation_range::minmax: return "min-max";
-    case activation_range::tf_enhanced: return "TF-Enhanced";
-    case activation_range::percentile_99_9: return "percentile 99.9";
-    case activation_range::percentile_99_99: return "percentile 99.99";
-    case activation_range::mse: return "MSE";
-    case activation_range::entropy: return "entropy";
-  }
-  return "?";
-}
-
-/// Calls f(prototype) with the range setter `r` names (its options set), returning f's result.
-template <class F>
-decltype(auto) with_activation_range(activation_range r, F&& f) {
-  switch (r) {
-    case activation_range::tf_enhanced: return f(tf_enhanced_range{});
-    case activation_range::percentile_99_9: return f(percentile_range{99.9});
-    case activation_range::percentile_99_99: return f(percentile_range{99.99});
-    case activation_range::mse: return f(mse_range{});
-    case activation_range::entropy: return f(entropy_range{});
-    case activation_range::minmax: break;
-  }
-  return f(minmax_range{});
-}
 
 struct debug_options {
   std::filesystem::path results_dir = "debug_quantization";
@@ -133,7 +100,7 @@ struct debug_result {
   /// The last step that ran when the target was not met, and why ("" when met).
   std::string failed_step;
   std::string weights_fix = "none";
-  activation_range activations = activation_range::minmax;
+  range_method activations = range_method::minmax;
   /// Step 6's raised quantizers, in the order raised, with their new bitwidths.
   std::vector<std::pair<std::string, int>> raised;
   std::vector<debug_step> steps;
@@ -166,6 +133,9 @@ quantsim<Model, Preset> load_debug_result(const Model& model, const tensor& exam
   Model m = model;
   nn::fold_batch_norms(m);  // the weights file holds the folded model
   nn::load_weights(m, dir / "model.npz");
+  if (std::filesystem::exists(dir / "relu6_replaced.json"))
+    ptq::replace_relu6(m, nlohmann::json::parse(io::read_file(dir / "relu6_replaced.json"))
+                              .template get<std::vector<std::string>>());
   quantsim<Model, Preset> sim(m, example_input, load_sim_config(dir / "quantsim_config.json"));
   sim.load_encodings(dir / "model.encodings", /*bitwidths_from_file=*/true);
   return sim;
@@ -453,14 +423,14 @@ debug_result<Model> debug_quantization(const Model& model, const tensor& example
 
   // ---- 4. Fix the activations ----------------------------------------------------------------
   debug_step s4{4, "fix the activations", activations_hurt || (options.try_every_fix && integer_acts), {}, {}};
-  activation_range chosen = activation_range::minmax;
+  range_method chosen = range_method::minmax;
   if (s4.ran) {
     double best_act = best.score;
     s4.trials.push_back({"min-max (with the weights of step 3)", best.score, 0.0});
-    for (const auto a : {activation_range::tf_enhanced, activation_range::percentile_99_9,
-                         activation_range::percentile_99_99, activation_range::mse, activation_range::entropy}) {
+    for (const auto a : {range_method::tf_enhanced, range_method::percentile_99_9,
+                         range_method::percentile_99_99, range_method::mse, range_method::entropy}) {
       const double s = trial(s4, to_string(a), [&] {
-        return with_activation_range(a, [&](auto proto) {
+        return with_range_method(a, [&](auto proto) {
           auto sim = build(best, proto);
           return score(sim);
         });
@@ -483,7 +453,7 @@ debug_result<Model> debug_quantization(const Model& model, const tensor& example
   r.steps.push_back(s4);
 
   // ---- 5 and 6, in the simulation of the chosen range setter ----------------------------------
-  with_activation_range(chosen, [&](auto proto) {
+  with_range_method(chosen, [&](auto proto) {
     auto sim = build(best, proto);
     debug_step s5{5, "per-layer analysis", true, {}, {}};
     quant_analyzer_options ao = options.analyzer;
@@ -567,7 +537,9 @@ debug_result<Model> debug_quantization(const Model& model, const tensor& example
         }
         if (raise.empty()) continue;
         std::string label = "raise " + layer + ":";
-        for (const auto& [q, bw] : raise) {
+        for (const auto& q_bw : raise) {  // not a structured binding: clang < 16 cannot capture one
+          const std::string& q = q_bw.first;
+          const int bw = q_bw.second;
           label += " " + q + "→" + std::to_string(bw);
           sim.with_quantizer(q, [&](auto& z) {
             z.unfreeze();
@@ -596,6 +568,9 @@ debug_result<Model> debug_quantization(const Model& model, const tensor& example
     r.config = options.results_dir / "quantsim_config.json";
     r.encodings = options.results_dir / "model.encodings";
     nn::save_weights(sim.model(), r.weights);
+    // CLE's ReLU6 → ReLU is not a parameter: recorded beside the weights for the loader.
+    io::write_file_atomically(options.results_dir / "relu6_replaced.json",
+                              nlohmann::json(ptq::replaced_relu6(sim.model())).dump() + "\n");
     io::write_file_atomically(r.config, sim_config_to_json(best.config).dump(2) + "\n");
     sim.export_encodings(r.encodings);
     r.model = sim.model();

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -84,6 +85,16 @@ inline void write_file_atomically(const std::filesystem::path& path, std::string
   write_file_atomically(path, [&](std::ostream& out) {
     out.write(contents.data(), static_cast<std::streamsize>(contents.size()));
   });
+}
+
+/// The whole content of a small file qkit wrote itself (a cache or stage record); a file that
+/// cannot be opened or read is an error naming it.
+inline std::string read_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  QKIT_PRECONDITION(in, error, "cannot open '", path.string(), "'");
+  std::string out((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  QKIT_PRECONDITION(!in.bad(), error, "cannot read '", path.string(), "'");
+  return out;
 }
 
 }  // namespace qkit::io

@@ -208,6 +208,35 @@ inline bool absorb_high_bias(const nn::dataflow_node& a, const nn::dataflow_node
 
 }  // namespace detail
 
+/// The clipping layers of `model` whose upper bound equalize lifted to +inf (ReLU6 turned
+/// into ReLU). A weights file holds parameters only, so a flow that saves an equalized model
+/// records these names beside it and replace_relu6() applies them again on load.
+template <class Model>
+std::vector<std::string> replaced_relu6(Model& model) {
+  std::vector<std::string> out;
+  for (const auto& n : nn::describe_dataflow(model).nodes)
+    if (n.clip_layer && n.clip_layer->min_value() == 0.0f &&
+        n.clip_layer->max_value() == std::numeric_limits<float>::infinity())
+      out.push_back(n.name);
+  return out;
+}
+
+/// Turns the named ReLU6 (clip) layers of `model` into ReLU, as equalize does; a name that is
+/// not a clipping layer of the model is a config_error and nothing changes.
+template <class Model>
+void replace_relu6(Model& model, const std::vector<std::string>& names) {
+  const nn::dataflow flow = nn::describe_dataflow(model);
+  std::vector<nn::clip*> layers;
+  for (const auto& name : names) {
+    const auto it = std::find_if(flow.nodes.begin(), flow.nodes.end(),
+                                 [&](const auto& n) { return n.name == name && n.clip_layer; });
+    QKIT_PRECONDITION(it != flow.nodes.end(), config_error, "replace_relu6: '", name,
+                      "' is not a ReLU6/Clip layer of the model");
+    layers.push_back(it->clip_layer);
+  }
+  for (auto* c : layers) c->set_bounds(0.0f, std::numeric_limits<float>::infinity());
+}
+
 /// Equalizes the float `model` in place (see the file comment) and reports what it did.
 /// `example_input` checks that the model runs (shapes) before anything changes. Throws
 /// config_error naming any batch norm that cannot be folded (or other problems the model

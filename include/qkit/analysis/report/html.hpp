@@ -49,12 +49,22 @@ struct link {
   std::string href, text;
 };
 
-/// A page: a title, paragraphs of text, charts, and links (the index page's).
+/// One box of a flow diagram (AutoQuant's stages): what it is, a line of detail (its score),
+/// and how it ended, which colours it: "met" (the target reached here), "applied" (ran, kept
+/// as a candidate), "discarded" (ran, did not help), "stopped" (the flow ended here without the
+/// target), "skipped" (not visited).
+struct flow_box {
+  std::string label, detail, status;
+};
+
+/// A page: a title, paragraphs of text, a flow diagram (drawn above the charts when not
+/// empty), charts, and links (the index page's).
 struct page {
   std::string title;
   std::vector<std::string> paragraphs;
   std::vector<chart> charts;
   std::vector<link> links;
+  std::vector<flow_box> flow = {};
 };
 
 namespace detail {
@@ -191,7 +201,14 @@ inline std::string render(const page& p) {
        "script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:\">\n";
   h += "<title>" + escape_html(p.title) + "</title>\n";
   h += "<style>body{font-family:sans-serif;margin:1.5em;color:#222}canvas{margin:1em 0}"
-       "#qkit-status{color:#888;font-size:small}li{margin:.3em 0}</style>\n</head>\n<body>\n";
+       "#qkit-status{color:#888;font-size:small}li{margin:.3em 0}"
+       ".qkit-flow{display:flex;flex-wrap:wrap;align-items:center;margin:1em 0}"
+       ".qkit-box{border:2px solid #888;border-radius:6px;padding:.5em .8em;margin:.3em;"
+       "min-width:9em;text-align:center;font-size:small;background:#f4f4f4}"
+       ".qkit-arrow{font-size:1.6em;color:#666}.qkit-met{background:#cdeccd;border-color:#3a9a5b}"
+       ".qkit-applied{background:#dde8f6;border-color:#2f6db5}.qkit-discarded{background:#eee;"
+       "border-color:#aaa;color:#777}.qkit-stopped{background:#f6d6d9;border-color:#b03a48}"
+       ".qkit-skipped{background:#fff;border-style:dashed;color:#999}</style>\n</head>\n<body>\n";
   h += "<h1>" + escape_html(p.title) + "</h1>\n";
   for (const auto& para : p.paragraphs) h += "<p>" + escape_html(para) + "</p>\n";
   if (!p.links.empty()) {
@@ -199,6 +216,17 @@ inline std::string render(const page& p) {
     for (const auto& l : p.links)
       h += "<li><a href=\"" + escape_html(l.href) + "\">" + escape_html(l.text) + "</a></li>\n";
     h += "</ul>\n";
+  }
+  if (!p.flow.empty()) {
+    // Boxes joined by arrows, coloured by status; plain HTML, so it needs no script.
+    h += "<div class=\"qkit-flow\">\n";
+    for (std::size_t i = 0; i < p.flow.size(); ++i) {
+      if (i) h += "<span class=\"qkit-arrow\">&#8594;</span>\n";
+      h += "<div class=\"qkit-box qkit-" + escape_html(p.flow[i].status) + "\" data-status=\"" +
+           escape_html(p.flow[i].status) + "\"><b>" + escape_html(p.flow[i].label) + "</b><br>" +
+           escape_html(p.flow[i].detail) + "<br><i>" + escape_html(p.flow[i].status) + "</i></div>\n";
+    }
+    h += "</div>\n";
   }
   for (std::size_t i = 0; i < p.charts.size(); ++i) {
     if (p.charts[i].variants.size() > 1) {
