@@ -74,7 +74,12 @@ inline bool aimet_tfe_clamp(float observed_min, float observed_max, float num_st
   test_min = std::max(observed_min, test_min);
   test_max = std::min(observed_max, test_max);
   delta = (test_max - test_min) / num_steps;
-  offset = static_cast<int>(std::round(test_min / delta));
+  // An empty clamped range (every value on one point) has no grid: not a candidate. AIMET
+  // divides by the zero delta here and casts the NaN to int, undefined behaviour in C++
+  // (UBSan's float-cast-overflow found it; tests/calib "extreme magnitudes").
+  const float o = test_min / delta;
+  if (!(delta > 0.0f) || !(std::fabs(o) < 2147483520.0f)) return false;
+  offset = static_cast<int>(std::round(o));
   return true;
 }
 
