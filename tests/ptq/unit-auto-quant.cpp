@@ -14,6 +14,7 @@
 #include <random>
 #include <stdexcept>
 
+#include <qkit/io/encodings_file.hpp>
 #include <qkit/nn/nn.hpp>
 #include <qkit/ptq/auto_quant.hpp>
 
@@ -325,6 +326,45 @@ TEST_CASE("auto_quant: at 16-bit activations only min-max activation ranges are 
   CHECK(sel.trials[1].label == "W TF-Enhanced / A min-max");
   o.range_candidates = {{range_method::tf_enhanced, range_method::tf_enhanced}};
   CHECK_THROWS_AS(ptq::auto_quant<P16>(s.model, s.example, s.calib, s.score(), o), config_error);
+}
+
+TEST_CASE("auto_quant_mixed_precision: AMP runs on AutoQuant's simulation, keeps its 4-bit encodings where it leaves W4A8, and checks its candidates first") {
+  setup s;
+  auto o = s.options("amp", 1e9);  // AutoQuant stops at its first stage; AMP may take every step
+  analysis::amp_options ao;
+  ao.allowed_drop = 1e9;
+  ao.verbose = false;
+  const std::vector<analysis::amp_candidate> cands{analysis::w_a(4, 8), analysis::w_a(8, 8), analysis::w_a(16, 16)};
+  auto out = ptq::auto_quant_mixed_precision<P>(s.model, s.example, s.calib, s.score(), o, cands, ao);
+  REQUIRE(out.mixed_precision);
+  const auto& r = *out.mixed_precision;
+  CHECK(r.chosen_step == r.curve.size() - 1);
+  // W16A16 is within 16-bit noise of FP32 (steps near 1e-4 here, so a mean squared error near
+  // 1e-9 per quantizer): its activation ranges were gathered with float weights, not W4's.
+  CHECK(-r.baseline_score < 1e-5);
+  // The cheapest point: every weighted group at W4A8 with AutoQuant's own encodings, so the
+  // weights' encodings are exactly the ones AutoQuant wrote for its chosen stage.
+  const auto aq = io::read_encodings(out.auto_quant.encodings);
+  const auto mixed = io::read_encodings(out.encodings);
+  for (std::size_t g = 0; g < r.groups.size(); ++g)
+    for (const auto& p : r.groups[g].params) {
+      CAPTURE(p);
+      CHECK(r.chosen[g] == analysis::w_a(4, 8));
+      CHECK(mixed.param_encodings.at(p) == aq.param_encodings.at(p));
+    }
+  CHECK(std::filesystem::exists(o.results_dir / "mixed_precision" / "pareto_list.json"));
+  // The returned simulation scores what AMP says it does, every encoding frozen.
+  CHECK(s.score()(*out.auto_quant.sim) == r.score);
+  out.auto_quant.sim->for_each_quantizer([](const std::string& n, quantizer_kind, const auto& q) {
+    CAPTURE(n);
+    if (q.enabled() && q.has_encodings()) CHECK(q.frozen());
+  });
+  // Bad candidates are refused before AutoQuant evaluates anything.
+  const int before = s.calls;
+  CHECK_THROWS_WITH_AS(ptq::auto_quant_mixed_precision<P>(s.model, s.example, s.calib, s.score(), s.options("amp_bad", 0.01),
+                                                          {analysis::w_a(4, 16), analysis::w_a(16, 8)}, ao),
+                       doctest::Contains("no baseline"), config_error);
+  CHECK(s.calls == before);
 }
 
 TEST_CASE("auto_quant: bad input is refused with a clear error") {

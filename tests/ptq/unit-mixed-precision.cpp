@@ -126,14 +126,22 @@ TEST_CASE("mixed precision: the curve's costs are worked by hand, phase 1 scores
   // Phase 2: every point's cost from the configuration of its steps, by hand.
   std::vector<amp_candidate> cfg(3, w_a(16, 16));
   CHECK(r.curve[0].relative_bitops == 1.0);
+  std::size_t output_steps = 0;
   for (std::size_t i = 1; i < r.curve.size(); ++i) {
     cfg[r.curve[i].group] = r.curve[i].candidate;
     CHECK(r.curve[i].relative_bitops == doctest::Approx(bitops(cfg) / bitops(all16)));
-    CHECK(r.curve[i].relative_bitops < r.curve[i - 1].relative_bitops);
+    if (r.curve[i].group == 2) {  // the output: 8 bits cost no bit-operation less
+      ++output_steps;
+      CHECK(r.curve[i].candidate.activation.bitwidth == 8);
+      CHECK(r.curve[i].relative_bitops == r.curve[i - 1].relative_bitops);
+    } else {
+      CHECK(r.curve[i].relative_bitops < r.curve[i - 1].relative_bitops);
+    }
   }
-  // The group without a weighted layer lowers no cost: its entries are passed over, so the
-  // curve has a point per lowering of the two weighted groups (W16A16 → W8A8 → W4A8).
-  CHECK(r.curve.size() == 1 + 4);
+  // A point per lowering of the two weighted groups (W16A16 → W8A8 → W4A8) and one for the
+  // output going to 8 bits; its second entry (W4A8: the same 8-bit activations) is passed over.
+  CHECK(output_steps == 1);
+  CHECK(r.curve.size() == 1 + 4 + 1);
   // The chosen point is the cheapest that meets the target; the sim carries it.
   for (std::size_t i = r.chosen_step + 1; i < r.curve.size(); ++i) CHECK(r.curve[i].score < r.target);
   CHECK((r.curve[r.chosen_step].score >= r.target || r.chosen_step == 0));
@@ -159,7 +167,7 @@ TEST_CASE("mixed precision: an unreachable target keeps the baseline, a free one
   const auto none = analysis::choose_mixed_precision(sim, s.example, candidates, s.score(), nullptr, s.options("none", 0.0));
   CHECK(none.chosen_step == 0);  // W16A16 loses something against FP32 on −MSE
   CHECK_FALSE(none.target_met);
-  CHECK(none.curve.size() == 5);
+  CHECK(none.curve.size() == 6);
   for (const auto& p : none.curve) CHECK(p.score <= 0.0);
   auto sim2 = s.sim();
   auto o = s.options("all", 1e9);
@@ -182,6 +190,113 @@ TEST_CASE("mixed precision: an unreachable target keeps the baseline, a free one
     const auto shown = report_browser::render_in_chromium(page, dir / ("amp_" + page.stem().string() + ".png"));
     CHECK(shown.errors == 0);
     CHECK(shown.points > 0);
+  }
+}
+
+TEST_CASE("mixed precision: a quantizer left at its own precision keeps the encodings it was given, frozen; at another it recomputes from its statistics") {
+  setup s;
+  auto sim = s.sim();
+  // Hand-set 8-bit weight encodings (twice the min-max step), frozen as AdaRound leaves them.
+  auto given = sim.param_quantizer("0.weight").encodings();
+  for (auto& e : given) e.scale *= 2.0;
+  sim.set_and_freeze_encodings("0.weight", given);
+  const auto input_given = sim.activation_quantizer("input").encodings();
+  // Everything may be lowered: W8A8 wins everywhere over W16A16 here (only two candidates).
+  auto o = s.options("kept", 1e9);
+  const auto r = analysis::choose_mixed_precision(sim, s.example, {w_a(16, 16), w_a(8, 8)}, s.score(), nullptr, o);
+  REQUIRE(r.chosen_step == r.curve.size() - 1);
+  CHECK(sim.param_quantizer("0.weight").encodings() == given);
+  CHECK(sim.param_quantizer("0.weight").frozen());
+  CHECK(sim.activation_quantizer("input").encodings() == input_given);
+  // Where the choice is the baseline, the weights are at 16 bits: min-max of the weights, as a
+  // fresh simulation computes them, not the given 8-bit encodings.
+  auto fresh = s.sim();
+  fresh.param_quantizer("0.weight").set_bitwidth(16);
+  fresh.compute_param_encodings("0.weight");
+  auto at16 = s.sim();
+  at16.set_and_freeze_encodings("0.weight", given);
+  auto o16 = s.options("kept16", 0.0);  // nothing meets −MSE 0: the baseline is chosen
+  const auto b = analysis::choose_mixed_precision(at16, s.example, {w_a(16, 16), w_a(8, 8)}, s.score(), nullptr, o16);
+  REQUIRE(b.chosen_step == 0);
+  CHECK(at16.param_quantizer("0.weight").encodings() == fresh.param_quantizer("0.weight").encodings());
+  CHECK(at16.param_quantizer("0.weight").bitwidth() == 16);
+}
+
+TEST_CASE("mixed precision: a rerun evaluates nothing, a run stopped half way resumes with only the missing scores, other inputs invalidate the cache") {
+  setup s;
+  auto o = s.options("cache", 1e-3);
+  int calls = 0;
+  auto counted = [&](auto& x) {
+    ++calls;
+    return s.score()(x);
+  };
+  auto sim = s.sim();
+  const auto first = analysis::choose_mixed_precision(sim, s.example, candidates, counted, nullptr, o);
+  // FP32, the baseline, 3 groups × 2 candidates, the 5 other points of the curve but the first:
+  // step 1 lowers one group alone, a configuration phase 1 already scored.
+  CHECK(calls == 1 + 1 + 6 + 4);
+  CHECK(first.evaluations == std::size_t(calls));
+  CHECK(first.cached_scores == 1);
+  calls = 0;
+  auto sim2 = s.sim();
+  const auto again = analysis::choose_mixed_precision(sim2, s.example, candidates, counted, nullptr, o);
+  CHECK(calls == 0);
+  CHECK(again.evaluations == 0);
+  CHECK(again.chosen_step == first.chosen_step);
+  CHECK(again.score == first.score);
+  for (std::size_t i = 0; i < first.curve.size(); ++i) CHECK(again.curve[i].score == first.curve[i].score);
+
+  // Stopped by the callback at the third phase-2 point; the rerun makes exactly the missing calls.
+  auto o2 = s.options("cache_stop", 1e-3);
+  o2.search = analysis::amp_search::brute_force;
+  int n = 0;
+  auto dies = [&](auto& x) -> double {
+    if (++n == 1 + 1 + 6 + 2) throw std::runtime_error("the machine went down");
+    return s.score()(x);
+  };
+  auto sim3 = s.sim();
+  CHECK_THROWS_WITH_AS(analysis::choose_mixed_precision(sim3, s.example, candidates, dies, nullptr, o2),
+                       doctest::Contains("phase 2, step 3"), error);
+  calls = 0;
+  const auto resumed = analysis::choose_mixed_precision(sim3, s.example, candidates, counted, nullptr, o2);
+  CHECK(calls == 3);  // steps 3 to 5
+  CHECK(resumed.cached_scores == 1 + 1 + 6 + 2);  // FP32, baseline, phase 1, steps 1 and 2
+  CHECK(resumed.chosen_step == first.chosen_step);
+
+  // Other weights under the same folder: the cache is not used.
+  auto other = s.model;
+  other.get<0>().weight()(0, 0) += 0.5f;
+  quantsim<ptq_test::small_mlp_t, P> sim4(other, s.example);
+  calibrate(sim4, s.calib, 512);
+  std::vector<std::string> log;
+  o.log = [&](const std::string& l) { log.push_back(l); };
+  calls = 0;
+  (void)analysis::choose_mixed_precision(sim4, s.example, candidates, counted, nullptr, o);
+  CHECK(calls == 12);
+  o.cache_id = "mine";
+  (void)analysis::choose_mixed_precision(sim4, s.example, candidates, counted, nullptr, o);
+  auto sim5 = s.sim();
+  (void)analysis::choose_mixed_precision(sim5, s.example, candidates, counted, nullptr, o);
+  bool said = false;
+  for (const auto& l : log) said = said || l.find("other inputs") != std::string::npos;
+  CHECK(said);
+
+  // A cache file that is not JSON, or not of the shape written (here with the right
+  // fingerprint), is ignored and logged, never trusted: everything is evaluated again.
+  const auto file = o.results_dir / ".amp_cache" / "mine" / "scores.json";
+  auto wrong_shape = report_browser::read_json(file);
+  wrong_shape["entries"] = nlohmann::json::array();
+  for (const std::string bad : {std::string("{"), std::string("[]"), wrong_shape.dump()}) {
+    CAPTURE(bad);
+    io::write_file_atomically(file, bad);
+    log.clear();
+    calls = 0;
+    auto sim6 = s.sim();
+    (void)analysis::choose_mixed_precision(sim6, s.example, candidates, counted, nullptr, o);
+    CHECK(calls == 12);
+    bool unreadable = false;
+    for (const auto& l : log) unreadable = unreadable || l.find("unreadable") != std::string::npos;
+    CHECK(unreadable);
   }
 }
 

@@ -12,14 +12,17 @@
 //   - Phase 1: every group alone lowered to every other candidate, the rest at the baseline,
 //     scored (the phase-1 evaluation: a callback, or SQNR of the model output against FP32 on a
 //     few samples, AIMET's default); sorted least sensitive first: the sensitivity list.
-//   - Phase 2: the list applied cumulatively (an entry that would not lower its group's cost is
-//     passed over), each step a point of relative bit-operations (Σ MACs × activation bits ×
+//   - Phase 2: the list applied cumulatively (an entry that neither lowers the cost nor, at the
+//     same cost, narrows its group — an activation-only group's 16 → 8 bits — is passed over),
+//     each step a point of relative bit-operations (Σ MACs × activation bits ×
 //     weight bits, float counted as √1.5 × its width; relative to the baseline) and score (the
 //     phase-2 evaluation); the cheapest step with score ≥ FP32 − allowed drop is chosen by
 //     binary search (or brute force), and every other step is then evaluated too, so the whole
 //     curve is always written.
-// Changing a precision never needs new data: each configuration starts from the baseline's
-// quantizer state (statistics kept) and recomputes the changed encodings.
+// Changing a precision never needs new data: a quantizer at the precision it had when the call
+// began keeps the encodings it had (a range method's, AdaRound's frozen weight encodings, so AMP
+// after AutoQuant keeps its work); at any other precision its encodings are recomputed, the
+// activations' from their calibration statistics, the weights' from the weights.
 #pragma once
 
 #include <algorithm>
@@ -42,6 +45,7 @@
 #include "../data/dataset.hpp"
 #include "../error.hpp"
 #include "../io/atomic_file.hpp"
+#include "../io/result_cache.hpp"
 #include "../sim/quantsim.hpp"
 #include "report/html.hpp"
 
@@ -182,6 +186,17 @@ struct amp_options {
   amp_search search = amp_search::binary;
   /// Phase 1 without a callback: SQNR of the output on this many samples (AIMET: 128).
   std::size_t sqnr_samples = 128;
+  /// Reuse (and write) the score cache, results_dir/.amp_cache/<id>/scores.json: a second run,
+  /// or one resumed after a stop, evaluates only what is not there. cache_id names the folder;
+  /// empty: a fingerprint of the inputs (weights, encodings, statistics at the baseline,
+  /// candidates, SQNR data). AIMET's clean_start = false.
+  bool use_cache = true;
+  std::string cache_id;
+  /// The FP32 model, for a simulation whose weights are no longer its own (AdaRound rounded
+  /// them, CLE rescaled them): its score is the target's base and its output the SQNR reference.
+  /// Empty: the simulation with every quantizer off.
+  std::optional<double> fp32_score;
+  std::function<tensor(const tensor&)> fp32_forward;
   std::function<void(const std::string&)> log;
   bool verbose = true;
 };
@@ -196,9 +211,13 @@ struct amp_result {
   std::size_t chosen_step = 0;
   double fp32 = 0.0, target = 0.0, baseline_score = 0.0, score = 0.0, relative_bitops = 1.0;
   bool target_met = false;
-  std::size_t phase1_evaluations = 0, phase2_evaluations = 0, search_evaluations = 0;
+  /// Calls of the evaluation (phase 1 counts SQNR measurements when there is no callback);
+  /// scores taken from the cache are not counted. search_evaluations: the phase-2 points the
+  /// search needed (cached or not).
+  std::size_t phase1_evaluations = 0, phase2_evaluations = 0, search_evaluations = 0, cached_scores = 0;
+  std::size_t evaluations = 0;  ///< all of them: FP32, the baseline, phase 1 and phase 2
   double seconds = 0.0;
-  std::filesystem::path pareto_json, pareto_html, sensitivity_html;
+  std::filesystem::path pareto_json, pareto_html, sensitivity_html, cache_dir;
 };
 
 namespace detail {
@@ -235,15 +254,15 @@ inline double sqnr_db(const tensor& ref, const tensor& y) {
 /// bitwidth other than 4, 8, 16 (integer) or 16 (float), a negative or non-finite allowed drop
 /// (config_error); a quantizer without statistics (calibrate first: calibration_error); a
 /// non-finite score, naming the phase and configuration.
-template <class Sim, class Evaluate>
-amp_result choose_mixed_precision(Sim& sim, const tensor& example_input, std::vector<amp_candidate> candidates,
-                                  Evaluate&& evaluate, const data::dataset* sqnr_data,
-                                  const amp_options& options = {}) {
-  using clock = std::chrono::steady_clock;
-  const auto t_start = clock::now();
+/// Checks AMP's inputs before any work: a finite allowed drop ≥ 0, at least two candidates, each
+/// side an integer of 4, 8 or 16 bits or float16, one candidate highest on both sides. Drops
+/// duplicate candidates and returns the baseline. config_error naming what is wrong otherwise.
+inline amp_candidate check_amp_inputs(std::vector<amp_candidate>& candidates, const amp_options& options) {
   QKIT_PRECONDITION(std::isfinite(options.allowed_drop) && options.allowed_drop >= 0.0, config_error,
                     "choose_mixed_precision: allowed_drop is ", options.allowed_drop,
                     " (it must be a finite number >= 0)");
+  QKIT_PRECONDITION(!options.fp32_score || std::isfinite(*options.fp32_score), config_error,
+                    "choose_mixed_precision: fp32_score is ", options.fp32_score.value_or(0.0), " (not a finite number)");
   QKIT_PRECONDITION(candidates.size() >= 2, config_error, "choose_mixed_precision: ", candidates.size(),
                     " candidate(s); at least two are needed (a baseline and a lower one)");
   for (const auto& c : candidates)
@@ -254,7 +273,7 @@ amp_result choose_mixed_precision(Sim& sim, const tensor& example_input, std::ve
                         p->type == dtype::floating ? "float" : "integer", " ", p->bitwidth,
                         " bits is not a precision the target holds (integers of 4, 8 or 16 bits, float16)");
     }
-  {
+  {  // duplicates dropped, first occurrence kept
     std::vector<amp_candidate> unique;
     for (const auto& c : candidates)
       if (std::find(unique.begin(), unique.end(), c) == unique.end()) unique.push_back(c);
@@ -274,7 +293,16 @@ amp_result choose_mixed_precision(Sim& sim, const tensor& example_input, std::ve
     QKIT_PRECONDITION(base, config_error, "choose_mixed_precision: no candidate of [", list,
                       "] is highest on both sides, so there is no baseline to lower from (add one, e.g. W16A16)");
   }
-  const amp_candidate baseline = *base;
+  return *base;
+}
+
+template <class Sim, class Evaluate>
+amp_result choose_mixed_precision(Sim& sim, const tensor& example_input, std::vector<amp_candidate> candidates,
+                                  Evaluate&& evaluate, const data::dataset* sqnr_data,
+                                  const amp_options& options = {}) {
+  using clock = std::chrono::steady_clock;
+  const auto t_start = clock::now();
+  const amp_candidate baseline = check_amp_inputs(candidates, options);
   QKIT_PRECONDITION(sqnr_data == nullptr || !sqnr_data->empty(), calibration_error,
                     "choose_mixed_precision: the SQNR data set is empty");
   {
@@ -307,23 +335,43 @@ amp_result choose_mixed_precision(Sim& sim, const tensor& example_input, std::ve
   const auto macs = layer_macs(sim, example_input);
   const auto original = sim.snapshot();
 
-  // Sets the group to candidate c (the quantizers' statistics stay; encodings recomputed).
-  auto set_group = [&](const quantizer_group& g, const amp_candidate& c) {
-    for (const auto& a : g.activations)
-      sim.with_quantizer(a, [&](auto& q) {
-        q.unfreeze();
-        if (q.settings().dtype != c.activation.type) q.set_dtype(c.activation.type);
-        if (q.bitwidth() != c.activation.bitwidth) q.set_bitwidth(c.activation.bitwidth);
+  // What each quantizer of a group had when the call began: at its own precision it keeps
+  // those encodings (a range method's, AdaRound's frozen weights) instead of recomputing them.
+  struct kept {
+    dtype type;
+    int bitwidth;
+    std::vector<encoding> encodings;
+    bool frozen;
+  };
+  std::map<std::string, kept> given;
+  for (const auto& g : r.groups)
+    for (const auto* names : {&g.activations, &g.params})
+      for (const auto& n : *names)
+        sim.with_quantizer(n, [&](const auto& q) {
+          given[n] = {q.settings().dtype, q.bitwidth(), q.encodings(), q.frozen()};
+        });
+  // Sets one quantizer to precision p: the given encodings at the given precision, otherwise
+  // recomputed at p (activations from their statistics, weights from the weights).
+  auto set_quantizer = [&](const std::string& n, const amp_precision& p, bool param) {
+    const kept& k = given.at(n);
+    const bool as_given = k.type == p.type && k.bitwidth == p.bitwidth && !k.encodings.empty();
+    sim.with_quantizer(n, [&](auto& q) {
+      q.unfreeze();
+      if (q.settings().dtype != p.type) q.set_dtype(p.type);
+      if (q.bitwidth() != p.bitwidth) q.set_bitwidth(p.bitwidth);
+      if (as_given) {
+        q.set_encodings(k.encodings);
+        if (k.frozen) q.freeze();
+      } else if (!param) {
         q.compute_encodings();
-      });
-    for (const auto& p : g.params) {
-      sim.with_quantizer(p, [&](auto& q) {
-        q.unfreeze();
-        if (q.settings().dtype != c.param.type) q.set_dtype(c.param.type);
-        if (q.bitwidth() != c.param.bitwidth) q.set_bitwidth(c.param.bitwidth);
-      });
-      sim.compute_param_encodings(p);
-    }
+      }
+    });
+    if (param && !as_given) sim.compute_param_encodings(n);
+  };
+  // Sets the group to candidate c (the quantizers' statistics stay).
+  auto set_group = [&](const quantizer_group& g, const amp_candidate& c) {
+    for (const auto& a : g.activations) set_quantizer(a, c.activation, false);
+    for (const auto& p : g.params) set_quantizer(p, c.param, true);
   };
   // Bit-operations of a configuration (a candidate per group).
   std::map<std::string, std::size_t> layer_group;
@@ -347,7 +395,7 @@ amp_result choose_mixed_precision(Sim& sim, const tensor& example_input, std::ve
   QKIT_PRECONDITION(base_bitops > 0.0, config_error, "choose_mixed_precision: the simulation has no quantized conv or linear layer to count bit-operations of");
 
   std::string where;
-  auto score = [&](auto&& f) {
+  auto checked = [&](auto&& f) {
     double s = 0.0;
     try {
       s = f();
@@ -363,19 +411,6 @@ amp_result choose_mixed_precision(Sim& sim, const tensor& example_input, std::ve
     return s;
   };
 
-  // FP32 (every quantizer off) and the reference output for the SQNR.
-  tensor sqnr_x, sqnr_ref;
-  {
-    sim.for_each_quantizer([](const std::string&, quantizer_kind, auto& q) { q.set_enabled(false); });
-    where = "FP32 (every quantizer off)";
-    r.fp32 = score([&] { return double(evaluate(sim)); });
-    if (sqnr_data) {
-      sqnr_x = data::first(*sqnr_data, std::min(options.sqnr_samples, sqnr_data->size())).samples();
-      sqnr_ref = sim.forward(sqnr_x);
-    }
-    sim.restore(original);
-  }
-  r.target = r.fp32 - options.allowed_drop;
   // A configuration's state: every group at the baseline, then `config`.
   auto apply = [&](const std::vector<amp_candidate>& config) {
     sim.restore(original);
@@ -387,8 +422,92 @@ amp_result choose_mixed_precision(Sim& sim, const tensor& example_input, std::ve
     sim.restore(base_state);
     for (const auto& [g, c] : changes) set_group(r.groups[g], c);
   };
+  const tensor sqnr_x = sqnr_data ? data::first(*sqnr_data, std::min(options.sqnr_samples, sqnr_data->size())).samples() : tensor();
+  // Every quantizer off: the FP32 model, unless the caller gives it.
+  auto all_off = [&] {
+    sim.restore(original);
+    sim.for_each_quantizer([](const std::string&, quantizer_kind, auto& q) { q.set_enabled(false); });
+  };
+  tensor sqnr_ref;
+  if (sqnr_data) {
+    if (options.fp32_forward) {
+      sqnr_ref = options.fp32_forward(sqnr_x);
+      const tensor y = sim.forward(sqnr_x);
+      QKIT_PRECONDITION(sqnr_ref.shape() == y.shape(), shape_error,
+                        "choose_mixed_precision: fp32_forward's output has another shape than the simulation's");
+    } else {
+      all_off();
+      sqnr_ref = sim.forward(sqnr_x);
+    }
+    sim.restore(original);
+  }
+
+  // ---- the cache: a fingerprint of everything a score depends on but the callback ----
+  io::result_cache cache;
+  {
+    io::fnv1a f;
+    f.text("qkit choose_mixed_precision 1");
+    for (const auto& c : candidates) f.text(c.label());
+    for (const auto d : example_input.shape()) f.value(d);
+    f.value(sqnr_data != nullptr);
+    f.bytes(sqnr_x.data(), sqnr_x.size() * sizeof(float));
+    f.bytes(sqnr_ref.data(), sqnr_ref.size() * sizeof(float));
+    f.value(options.fp32_score.has_value());
+    f.value(options.fp32_score.value_or(0.0));
+    auto encodings = [&](const std::vector<encoding>& es) {
+      f.value(es.size());
+      for (const auto& e : es) f.value(e.bitwidth), f.value(e.scale), f.value(e.offset), f.value(e.symmetric), f.value(e.dtype);
+    };
+    // Every parameter (also unquantized ones: FP32 depends on them), the encodings each grouped
+    // quantizer was given and has at the baseline (the latter from its statistics).
+    sim.for_each_quantizer([&](const std::string& n, quantizer_kind k, const auto& q) {
+      f.text(n);
+      if (k == quantizer_kind::param) {
+        const tensor& w = sim.parameter(n);
+        f.bytes(w.data(), w.size() * sizeof(float));
+      }
+      f.value(q.enabled());
+      encodings(q.encodings());
+      if (auto it = given.find(n); it != given.end()) {
+        f.value(it->second.type), f.value(it->second.bitwidth), f.value(it->second.frozen);
+        encodings(it->second.encodings);
+      }
+    });
+    for (const auto& g : r.groups) f.text(g.name());
+    if (options.use_cache) {
+      r.cache_dir = options.results_dir / ".amp_cache" / (options.cache_id.empty() ? f.hex() : options.cache_id);
+      cache = io::result_cache(r.cache_dir / "scores.json", f.hex(), "weights, encodings, candidates or SQNR data", say);
+    }
+  }
+  // The score under `key`: from the cache, else f() (checked, then cached), counted into `n`.
+  auto score = [&](const std::string& key, std::size_t* n, auto&& f) {
+    if (const nlohmann::json* e = cache.find(key); e && e->contains("score")) {
+      ++r.cached_scores;
+      return e->at("score").template get<double>();
+    }
+    const double s = checked(f);
+    if (n) ++*n;
+    cache.put(key, {{"score", s}});
+    return s;
+  };
+  auto config_key = [&](const std::vector<amp_candidate>& config) {
+    std::string k = "config/";
+    for (std::size_t i = 0; i < G; ++i) k += (i ? "," : "") + config[i].label();
+    return k;
+  };
+
+  if (options.fp32_score) {
+    r.fp32 = *options.fp32_score;
+  } else {
+    all_off();
+    where = "FP32 (every quantizer off)";
+    r.fp32 = score("fp32", &r.evaluations, [&] { return double(evaluate(sim)); });
+    sim.restore(original);
+  }
+  r.target = r.fp32 - options.allowed_drop;
+  sim.restore(base_state);
   where = "the baseline " + baseline.label();
-  r.baseline_score = score([&] { return double(evaluate(sim)); });
+  r.baseline_score = score(config_key(base_config), &r.evaluations, [&] { return double(evaluate(sim)); });
   say("FP32 " + detail::amp_number(r.fp32) + ", target " + detail::amp_number(r.target) + ", baseline " +
       baseline.label() + " " + detail::amp_number(r.baseline_score) + "; " + std::to_string(G) + " groups");
 
@@ -398,13 +517,13 @@ amp_result choose_mixed_precision(Sim& sim, const tensor& example_input, std::ve
       if (c == baseline) continue;
       apply_from_base({{g, c}});
       where = "phase 1, group " + r.groups[g].name() + " at " + c.label();
-      const double s = score([&] {
+      std::vector<amp_candidate> cfg = base_config;
+      cfg[g] = c;
+      const std::string key = sqnr_data ? "sqnr/" + config_key(cfg).substr(7) : config_key(cfg);
+      const double s = score(key, &r.phase1_evaluations, [&] {
         if (sqnr_data) return detail::sqnr_db(sqnr_ref, sim.forward(sqnr_x));
         return double(evaluate(sim));
       });
-      ++r.phase1_evaluations;
-      std::vector<amp_candidate> cfg = base_config;
-      cfg[g] = c;
       r.sensitivity.push_back({g, c, s, (base_bitops - bitops(cfg)) / base_bitops});
     }
   std::stable_sort(r.sensitivity.begin(), r.sensitivity.end(), [](const amp_sensitivity& a, const amp_sensitivity& b) {
@@ -415,18 +534,34 @@ amp_result choose_mixed_precision(Sim& sim, const tensor& example_input, std::ve
     if (a.bitops_reduction != b.bitops_reduction) return a.bitops_reduction > b.bitops_reduction;
     return a.group < b.group;
   });
-  say("phase 1: " + std::to_string(r.phase1_evaluations) + " evaluations");
+  say("phase 1: " + std::to_string(r.sensitivity.size()) + " scores, " + std::to_string(r.phase1_evaluations) +
+      " of them measured (" + (sqnr_data ? "SQNR" : "the evaluation") + "), the rest from the cache");
 
   // ---- phase 2: the cumulative steps ----
   std::vector<std::pair<std::size_t, amp_candidate>> steps;
   {
     std::vector<amp_candidate> cfg = base_config;
     double cost = base_bitops;
+    // Narrower on every side the group uses, strictly on one: an activation-only group (an
+    // Add's or the model's output) lowered from 16 to 8 bits saves no bit-operation but memory
+    // traffic, and gets a step (of the same cost) rather than staying at the baseline.
+    auto narrower = [&](const quantizer_group& g, const amp_candidate& from, const amp_candidate& to) {
+      bool lower = false, wider = false;
+      auto side = [&](bool used, const amp_precision& a, const amp_precision& b) {
+        if (!used) return;
+        wider = wider || b.cost_width() > a.cost_width();
+        lower = lower || b.cost_width() < a.cost_width();
+      };
+      side(!g.activations.empty(), from.activation, to.activation);
+      side(!g.params.empty(), from.param, to.param);
+      return lower && !wider;
+    };
     for (const auto& e : r.sensitivity) {
       std::vector<amp_candidate> next = cfg;
       next[e.group] = e.candidate;
       const double c = bitops(next);
-      if (!(c < cost)) continue;  // would not lower the cost: passed over
+      // Neither cheaper nor narrower at the same cost: passed over.
+      if (!(c < cost) && !(c == cost && narrower(r.groups[e.group], cfg[e.group], e.candidate))) continue;
       cfg = std::move(next);
       cost = c;
       steps.emplace_back(e.group, e.candidate);
@@ -443,13 +578,16 @@ amp_result choose_mixed_precision(Sim& sim, const tensor& example_input, std::ve
       r.curve[i + 1] = {i + 1, bitops(cfg) / base_bitops, 0.0, steps[i].first, steps[i].second, false};
     }
   }
+  std::size_t points_scored = 0;
   auto point = [&](std::size_t i) {
     if (!evaluated[i]) {
+      std::vector<amp_candidate> cfg = base_config;
+      for (std::size_t k = 0; k < i; ++k) cfg[steps[k].first] = steps[k].second;
       apply_from_base({steps.begin(), steps.begin() + std::ptrdiff_t(i)});
       where = "phase 2, step " + std::to_string(i) + " (" + detail::amp_number(r.curve[i].relative_bitops) + " of the baseline's bit-operations)";
-      r.curve[i].score = score([&] { return double(evaluate(sim)); });
+      r.curve[i].score = score(config_key(cfg), &r.phase2_evaluations, [&] { return double(evaluate(sim)); });
       evaluated[i] = true;
-      ++r.phase2_evaluations;
+      ++points_scored;
     }
     return r.curve[i].score;
   };
@@ -470,7 +608,7 @@ amp_result choose_mixed_precision(Sim& sim, const tensor& example_input, std::ve
     }
     chosen = lo;
   }
-  r.search_evaluations = r.phase2_evaluations;
+  r.search_evaluations = points_scored;
   for (std::size_t i = 0; i <= last; ++i) (void)point(i);  // the whole curve, always
   for (auto& p : r.curve) {
     p.pareto = true;
@@ -484,14 +622,16 @@ amp_result choose_mixed_precision(Sim& sim, const tensor& example_input, std::ve
   r.chosen = base_config;
   for (std::size_t i = 0; i < chosen; ++i) r.chosen[steps[i].first] = steps[i].second;
   apply_from_base({steps.begin(), steps.begin() + std::ptrdiff_t(chosen)});
+  r.evaluations += r.phase1_evaluations + r.phase2_evaluations;
   r.score = r.curve[chosen].score;
   r.relative_bitops = r.curve[chosen].relative_bitops;
   r.seconds = std::chrono::duration<double>(clock::now() - t_start).count();
   say("phase 2: step " + std::to_string(chosen) + " of " + std::to_string(last) + ", " +
       detail::amp_number(r.relative_bitops) + " of the baseline's bit-operations, score " + detail::amp_number(r.score) +
       (r.target_met ? " (meets the target)" : " (the target is not met even at the baseline)") + "; " +
-      std::to_string(r.search_evaluations) + " evaluations to choose, " + std::to_string(r.phase2_evaluations) +
-      " for the whole curve");
+      std::to_string(r.search_evaluations) + " points to choose, " + std::to_string(last + 1) +
+      " on the whole curve; " + std::to_string(r.evaluations) + " evaluations in all, " + std::to_string(r.cached_scores) +
+      " scores from the cache");
 
   // ---- files ----
   nlohmann::ordered_json pj = nlohmann::ordered_json::array();
@@ -516,6 +656,8 @@ amp_result choose_mixed_precision(Sim& sim, const tensor& example_input, std::ve
   info["phase1_evaluations"] = r.phase1_evaluations;
   info["phase2_evaluations"] = r.phase2_evaluations;
   info["search_evaluations"] = r.search_evaluations;
+  info["evaluations"] = r.evaluations;
+  info["cached_scores"] = r.cached_scores;
   info["seconds"] = r.seconds;
   info["groups"] = nlohmann::ordered_json::array();
   for (std::size_t g = 0; g < G; ++g)
@@ -531,7 +673,7 @@ amp_result choose_mixed_precision(Sim& sim, const tensor& example_input, std::ve
                                    {"bitops_reduction", e.bitops_reduction}});
   r.pareto_json = options.results_dir / "pareto_list.json";
   io::write_file_atomically(r.pareto_json, pj.dump(2) + "\n");
-  io::write_file_atomically(options.results_dir / "amp_info.json", info.dump(2) + "\n");
+  io::write_file_atomically(options.results_dir / "amp_info_list.json", info.dump(2) + "\n");
 
   report::page curve_page{"Mixed precision: score against bit-operations", {}, {}, {}};
   curve_page.paragraphs.push_back(
@@ -540,6 +682,7 @@ amp_result choose_mixed_precision(Sim& sim, const tensor& example_input, std::ve
       std::to_string(chosen) + " of " + std::to_string(last) + ", " + detail::amp_number(r.relative_bitops) +
       " of the baseline's bit-operations, score " + detail::amp_number(r.score) + ".");
   report::chart cc{"Pareto curve", "relative bit-operations", "score", {}, {}};
+  cc.y_from_zero = false;
   report::series all{"every step", {}, {}, "line", {}}, front{"Pareto front", {}, {}, "line", {}},
       tgt{"target", {}, {}, "line", {}}, pick{"chosen", {}, {}, "line", {}};
   for (const auto& p : r.curve) {

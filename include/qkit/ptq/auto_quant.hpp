@@ -24,6 +24,9 @@
 // computed in a simulation of its own type and then frozen into one of the result's type,
 // quantsim<Model, Preset>: every simulation scored and returned is that type, with every
 // encoding frozen, ready to evaluate or export.
+//
+// auto_quant_mixed_precision is AIMET's AutoQuant with AMP: the flow above, then automatic
+// mixed precision (analysis/mixed_precision.hpp) on the simulation it chose.
 #pragma once
 
 #include <algorithm>
@@ -44,11 +47,13 @@
 
 #include <nlohmann/json.hpp>
 
+#include "../analysis/mixed_precision.hpp"
 #include "../analysis/report/html.hpp"
 #include "../calib/range_method.hpp"
 #include "../data/dataset.hpp"
 #include "../error.hpp"
 #include "../io/atomic_file.hpp"
+#include "../io/result_cache.hpp"
 #include "../nn/batch_norm_fold.hpp"
 #include "../nn/weights_file.hpp"
 #include "../sim/calibrate.hpp"
@@ -157,35 +162,6 @@ struct auto_quant_result {
 
 namespace detail {
 
-// FNV-1a, 64 bits: the cache fingerprint (not a security measure: it tells runs apart).
-struct fnv1a {
-  std::uint64_t h = 14695981039346656037ull;
-  void bytes(const void* p, std::size_t n) {
-    const auto* b = static_cast<const unsigned char*>(p);
-    for (std::size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
-  }
-  void text(const std::string& s) {
-    bytes(s.data(), s.size());
-    bytes("\0", 1);
-  }
-  template <class T>
-  void value(const T& v) { bytes(&v, sizeof v); }
-  std::string hex() const {
-    char buf[17];
-    std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
-    return buf;
-  }
-};
-
-inline std::string file_digest(const std::filesystem::path& p) {
-  std::error_code ec;
-  if (!std::filesystem::is_regular_file(p, ec)) return {};
-  const std::string bytes = io::read_file(p);
-  fnv1a f;
-  f.bytes(bytes.data(), bytes.size());
-  return f.hex() + ":" + std::to_string(bytes.size());
-}
-
 inline std::string stage_key(const std::string& name) {
   std::string k;
   for (const char c : name) {
@@ -261,7 +237,7 @@ auto_quant_result<Model, Preset> auto_quant(const Model& model, const tensor& ex
 
   // ---- the cache: a fingerprint of everything a stage's result depends on ----
   const std::string fingerprint = [&] {
-    detail::fnv1a f;
+    io::fnv1a f;
     f.text("qkit auto_quant 1");
     f.text(P::label());
     f.text(sim_config_to_json(config).dump());
@@ -285,30 +261,13 @@ auto_quant_result<Model, Preset> auto_quant(const Model& model, const tensor& ex
     return f.hex();
   }();
   r.cache_dir = options.results_dir / ".auto_quant_cache" / (options.cache_id.empty() ? fingerprint : options.cache_id);
-  nlohmann::json cache = nlohmann::json::object();
-  const auto cache_file = r.cache_dir / "stages.json";
-  if (options.use_cache) {
-    std::filesystem::create_directories(r.cache_dir);
-    if (std::filesystem::exists(cache_file)) {
-      try {
-        nlohmann::json j = nlohmann::json::parse(io::read_file(cache_file));
-        if (j.value("fingerprint", std::string()) == fingerprint) {
-          cache = j.at("entries");
-          say("resuming from the cache " + r.cache_dir.string() + " (" + std::to_string(cache.size()) + " entries)");
-        } else {
-          say("the cache " + r.cache_dir.string() + " was made from other inputs (model, data, precision or "
-              "options): ignored, every stage runs again");
-        }
-      } catch (const std::exception& e) {
-        say("the cache file " + cache_file.string() + " is unreadable (" + e.what() + "): ignored");
-      }
-    }
-  }
-  auto cache_put = [&](const std::string& key, nlohmann::json v) {
-    if (!options.use_cache) return;
-    cache[key] = std::move(v);
-    nlohmann::json j{{"fingerprint", fingerprint}, {"entries", cache}};
-    io::write_file_atomically(cache_file, j.dump(1) + "\n");
+  io::result_cache cache;
+  if (options.use_cache) cache = io::result_cache(r.cache_dir / "stages.json", fingerprint, "model, data, precision or options", say);
+  auto cache_put = [&](const std::string& key, nlohmann::json v) { cache.put(key, std::move(v)); };
+  // The cached entry under `key` when it has a score.
+  auto cached_score = [&](const std::string& key) -> const nlohmann::json* {
+    const nlohmann::json* e = cache.find(key);
+    return e && e->contains("score") ? e : nullptr;
   };
 
   std::string where;
@@ -330,9 +289,9 @@ auto_quant_result<Model, Preset> auto_quant(const Model& model, const tensor& ex
   auto scored = [&](auto_quant_stage& st, const std::string& key, const std::string& label, auto&& run) {
     where = st.name + (label.empty() ? "" : " (" + label + ")");
     auto_quant_trial t{label.empty() ? st.name : label, 0.0, 0.0, false};
-    if (cache.contains(key) && cache[key].contains("score")) {
-      t.score = cache[key]["score"].template get<double>();
-      t.seconds = cache[key].value("seconds", 0.0);
+    if (const auto* e = cached_score(key)) {
+      t.score = e->at("score").template get<double>();
+      t.seconds = e->value("seconds", 0.0);
       t.cached = true;
     } else {
       const auto t0 = clock::now();
@@ -396,17 +355,18 @@ auto_quant_result<Model, Preset> auto_quant(const Model& model, const tensor& ex
     sim.save_weights(dir / "model.npz");
     io::write_file_atomically(dir / "relu6_replaced.json", nlohmann::json(replaced_relu6(sim.model())).dump() + "\n");
     sim.export_encodings(dir / "model.encodings");
-    return nlohmann::json{{"weights", detail::file_digest(dir / "model.npz")},
-                          {"relu6", detail::file_digest(dir / "relu6_replaced.json")},
-                          {"encodings", detail::file_digest(dir / "model.encodings")}};
+    return nlohmann::json{{"weights", io::file_digest(dir / "model.npz")},
+                          {"relu6", io::file_digest(dir / "relu6_replaced.json")},
+                          {"encodings", io::file_digest(dir / "model.encodings")}};
   };
   auto stage_files_intact = [&](const std::string& key) {
-    if (!cache.contains(key) || !cache[key].contains("files")) return false;
+    const nlohmann::json* e = cache.find(key);
+    if (!e || !e->contains("files")) return false;
     const auto dir = stage_dir(key);
-    const auto& f = cache[key]["files"];
-    return f.value("weights", "") == detail::file_digest(dir / "model.npz") &&
-           f.value("relu6", "") == detail::file_digest(dir / "relu6_replaced.json") &&
-           f.value("encodings", "") == detail::file_digest(dir / "model.encodings") &&
+    const auto& f = e->at("files");
+    return f.value("weights", "") == io::file_digest(dir / "model.npz") &&
+           f.value("relu6", "") == io::file_digest(dir / "relu6_replaced.json") &&
+           f.value("encodings", "") == io::file_digest(dir / "model.encodings") &&
            !f.value("weights", "").empty();
   };
   auto load_stage = [&](const std::string& key) {
@@ -509,10 +469,10 @@ auto_quant_result<Model, Preset> auto_quant(const Model& model, const tensor& ex
     st.techniques = std::move(techniques);
     const std::string key = st.key;
     const auto t0 = clock::now();
-    if (cache.contains(key) && cache[key].contains("score") && stage_files_intact(key)) {
-      st.score = cache[key]["score"].template get<double>();
+    if (const auto* e = cached_score(key); e && stage_files_intact(key)) {
+      st.score = e->at("score").template get<double>();
       st.cached = true;
-      st.seconds = cache[key].value("seconds", 0.0);
+      st.seconds = e->value("seconds", 0.0);
       st.trials.push_back({name, st.score, st.seconds, true});
       say(name + ": " + detail::score_text(st.score) + " (cached)");
     } else {
@@ -673,6 +633,76 @@ auto_quant_result<Model, Preset> auto_quant(const Model& model, const tensor& ex
   io::write_file_atomically(r.report_json, j.dump(2) + "\n");
   analysis::report::write(r.report, page);
   return r;
+}
+
+/// AutoQuant, then automatic mixed precision on its result.
+template <class Model, class Preset>
+struct auto_quant_amp_result {
+  /// AutoQuant's result; its `sim` carries the mixture AMP chose (every encoding frozen).
+  auto_quant_result<Model, Preset> auto_quant;
+  /// Empty when AutoQuant returned no simulation (even float weights missed its target).
+  std::optional<analysis::amp_result> mixed_precision;
+  std::filesystem::path encodings;  ///< the chosen mixture's encodings (results_dir/mixed_precision/)
+};
+
+/// AIMET's AutoQuant with AMP: auto_quant<Preset> as above, then choose_mixed_precision on the
+/// simulation it chose, with `candidates`, phase 1 by SQNR on `calibration` and phase 2 by
+/// `evaluate`. The AMP inputs are checked before AutoQuant starts. AMP's files go to
+/// options.results_dir / "mixed_precision" (amp_options.results_dir is replaced), with the
+/// chosen mixture's encodings as model.encodings. Quantizers AMP leaves at Preset's precision
+/// keep AutoQuant's encodings (its range method's, AdaRound's weights); at any other precision
+/// activations take min-max ranges from `calibration` and weights min-max ranges of the
+/// (AdaRound-rounded) weights.
+template <class Preset, class Model, class Evaluate>
+auto_quant_amp_result<Model, Preset> auto_quant_mixed_precision(const Model& model, const tensor& example_input,
+                                                                 const data::dataset& calibration, Evaluate&& evaluate,
+                                                                 const auto_quant_options& options,
+                                                                 std::vector<analysis::amp_candidate> candidates,
+                                                                 analysis::amp_options amp_options = {}) {
+  (void)analysis::check_amp_inputs(candidates, amp_options);
+  amp_options.results_dir = options.results_dir / "mixed_precision";
+  if (!amp_options.log) amp_options.log = options.log;
+  amp_options.verbose = amp_options.verbose && options.verbose;
+  // AMP measures against the caller's FP32 model: AutoQuant's weights are rescaled (CLE) or
+  // rounded (AdaRound), so the simulation with its quantizers off is no longer it.
+  amp_options.fp32_forward = [&model](const tensor& x) {
+    Model m = model;
+    return nn::forward(m, x);
+  };
+  auto_quant_amp_result<Model, Preset> out{auto_quant<Preset>(model, example_input, calibration, evaluate, options), {}, {}};
+  auto& r = out.auto_quant;
+  if (!r.sim) return out;
+  auto& sim = *r.sim;
+  amp_options.fp32_score = r.fp32;
+  // AMP recomputes encodings at other precisions from calibration statistics, which the frozen
+  // result does not have: gather them with AutoQuant's encodings set aside, then put those back.
+  // The weights stay in float meanwhile: ranges seen through Preset's coarse weights would clip
+  // the activations of the higher precisions (at W4 by enough to cost a 16-bit baseline most of
+  // its accuracy), and at Preset's own precision AutoQuant's encodings are kept anyway.
+  std::map<std::string, std::vector<encoding>> acts;
+  std::vector<std::string> params;
+  sim.for_each_quantizer([&](const std::string& n, quantizer_kind k, auto& q) {
+    if (!q.enabled()) return;
+    if (k == quantizer_kind::param) {
+      params.push_back(n);
+      q.set_enabled(false);
+    } else if (q.frozen()) {
+      acts[n] = q.encodings();
+      q.unfreeze();
+    }
+  });
+  calibrate(sim, calibration, std::min(options.calibration_samples, calibration.size()));
+  sim.for_each_quantizer([&](const std::string& n, quantizer_kind k, auto& q) {
+    if (k == quantizer_kind::param && std::find(params.begin(), params.end(), n) != params.end()) q.set_enabled(true);
+  });
+  for (const auto& [n, e] : acts) sim.set_and_freeze_encodings(n, e);
+  out.mixed_precision = analysis::choose_mixed_precision(sim, example_input, candidates, evaluate, &calibration, amp_options);
+  sim.for_each_quantizer([](const std::string&, quantizer_kind, auto& q) {
+    if (q.enabled() && q.has_encodings()) q.freeze();
+  });
+  out.encodings = amp_options.results_dir / "model.encodings";
+  sim.export_encodings(out.encodings);
+  return out;
 }
 
 }  // namespace qkit::ptq

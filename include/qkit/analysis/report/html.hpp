@@ -43,6 +43,8 @@ struct chart {
   std::vector<std::string> categories;  ///< empty for a numeric x axis (series of points)
   std::vector<series> data;
   std::vector<variant> variants;  ///< when not empty, replaces `data` and adds a chooser
+  /// false: the y axis spans the data only (scores that differ in the third digit).
+  bool y_from_zero = true;
 };
 
 struct link {
@@ -118,6 +120,7 @@ inline nlohmann::json to_json(const chart& c) {
   j["y_label"] = c.y_label;
   j["categories"] = c.categories;
   j["numeric_x"] = c.categories.empty();
+  j["y_from_zero"] = c.y_from_zero;
   j["variants"] = nlohmann::json::array();
   if (c.variants.empty()) {
     j["variants"].push_back({{"name", ""}, {"data", to_json(c.data)}});
@@ -146,7 +149,9 @@ inline constexpr const char* page_script = R"js(
       return data.map(function (s, k) {
         var d = { label: s.label, type: s.type, data: s.values, borderWidth: 1,
                   backgroundColor: palette[k % palette.length] + (s.type === 'line' ? '00' : 'cc'),
-                  borderColor: palette[k % palette.length], pointRadius: 2 };
+                  borderColor: palette[k % palette.length],
+                  // A series of one point marks something (AMP's chosen point): drawn larger.
+                  pointRadius: s.values.length === 1 ? 6 : 2 };
         // Histogram bins touch each other on a numeric axis.
         if (numeric && s.type === 'bar') { d.barPercentage = 1; d.categoryPercentage = 1; }
         return d;
@@ -168,7 +173,7 @@ inline constexpr const char* page_script = R"js(
                        else if (v !== null && typeof v === 'object') v = 'x ' + v.x + ': ' + v.y;
                        return ctx.dataset.label + ': ' + v;
                      } } } },
-          scales: { x: x, y: { title: { display: true, text: c.y_label } } }
+          scales: { x: x, y: { beginAtZero: c.y_from_zero, title: { display: true, text: c.y_label } } }
         }
       });
       ch.data.datasets.forEach(function (d, k) { points += ch.getDatasetMeta(k).data.length; });
