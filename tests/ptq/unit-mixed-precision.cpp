@@ -300,6 +300,40 @@ TEST_CASE("mixed precision: a rerun evaluates nothing, a run stopped half way re
   }
 }
 
+TEST_CASE("mixed precision: float16 candidates — FP16 is the baseline above W16A16, counted as √1.5 × 16 bits a side, and exports as float16") {
+  setup s;
+  auto sim = s.sim();
+  const amp_candidate fp16{{16, dtype::floating}, {16, dtype::floating}};
+  const amp_candidate w8a_fp16{{16, dtype::floating}, {8, dtype::integer}};
+  auto o = s.options("fp16", 1e9);  // every step taken
+  const auto r = analysis::choose_mixed_precision(sim, s.example, {w_a(16, 16), fp16, w8a_fp16, w_a(8, 8)}, s.score(), nullptr, o);
+  CHECK(r.baseline == fp16);
+  CHECK(r.baseline.label() == "FP16");
+  CHECK(w8a_fp16.label() == "W8AFP16");
+  // By hand: a float side counts √1.5 × 16, so FP16 costs 1.5 × 256 = 384 per MAC, W16A16 256,
+  // W8 with float16 activations 8 × √1.5 × 16, W8A8 64.
+  const double f = std::sqrt(1.5) * 16.0;
+  for (const auto& e : r.sensitivity) {
+    CAPTURE(e.candidate.label());
+    if (r.groups[e.group].params.empty()) continue;
+    const double macs = e.group == 0 ? 12.0 : 6.0;
+    const double per_mac = e.candidate == w_a(16, 16) ? 256.0 : e.candidate == w8a_fp16 ? 8.0 * f : 64.0;
+    CHECK(e.bitops_reduction == doctest::Approx((macs * (384.0 - per_mac)) / (18.0 * 384.0)));
+  }
+  // The cheapest point: W8A8 everywhere, 64 / 384 of the baseline.
+  CHECK(r.chosen_step == r.curve.size() - 1);
+  CHECK(r.relative_bitops == doctest::Approx(64.0 / 384.0));
+  // The baseline point had float16 quantizers: its encodings say so.
+  auto base = s.sim();
+  auto ob = s.options("fp16_base", 0.0);  // −MSE 0 is out of reach: the baseline is kept
+  const auto b = analysis::choose_mixed_precision(base, s.example, {fp16, w_a(8, 8)}, s.score(), nullptr, ob);
+  REQUIRE(b.chosen_step == 0);
+  const auto e = base.encodings();
+  CHECK(e.param_encodings.at("0.weight").at(0).dtype == dtype::floating);
+  CHECK(e.activation_encodings.at("input").at(0).dtype == dtype::floating);
+  CHECK(e.activation_encodings.at("input").at(0).bitwidth == 16);
+}
+
 TEST_CASE("mixed precision: bad input is refused before anything changes") {
   setup s;
   auto sim = s.sim();

@@ -244,16 +244,6 @@ inline double sqnr_db(const tensor& ref, const tensor& y) {
 
 }  // namespace detail
 
-/// AMP on `sim`, a calibrated QuantSim (its quantizers keep their statistics; see the file
-/// comment and docs/mixed_precision.md). `evaluate(sim)` scores a configuration (phase 2, and
-/// the FP32 score with every quantizer off); phase 1 scores with the SQNR of the output on
-/// `sqnr_data`'s first options.sqnr_samples samples, or with `evaluate` when it is nullptr.
-/// On return `sim` has the chosen configuration with its encodings, ready to export. Weight
-/// encodings are recomputed from the weights (AdaRound's rounding is not kept).
-/// Errors, before anything changes: no candidate highest on both sides (no baseline), a
-/// bitwidth other than 4, 8, 16 (integer) or 16 (float), a negative or non-finite allowed drop
-/// (config_error); a quantizer without statistics (calibrate first: calibration_error); a
-/// non-finite score, naming the phase and configuration.
 /// Checks AMP's inputs before any work: a finite allowed drop ≥ 0, at least two candidates, each
 /// side an integer of 4, 8 or 16 bits or float16, one candidate highest on both sides. Drops
 /// duplicate candidates and returns the baseline. config_error naming what is wrong otherwise.
@@ -296,6 +286,15 @@ inline amp_candidate check_amp_inputs(std::vector<amp_candidate>& candidates, co
   return *base;
 }
 
+/// AMP on `sim`, a calibrated QuantSim (its quantizers keep their statistics; see the file
+/// comment and docs/mixed_precision.md). `evaluate(sim)` scores a configuration (phase 2, and
+/// the FP32 score with every quantizer off unless options.fp32_score is given); phase 1 scores
+/// with the SQNR of the output on `sqnr_data`'s first options.sqnr_samples samples, or with
+/// `evaluate` when it is nullptr. On return `sim` has the chosen configuration with its
+/// encodings, ready to export; quantizers at their own precision keep the encodings they had.
+/// Errors, before anything changes: check_amp_inputs' (config_error); a quantizer without
+/// statistics (calibrate first: calibration_error). A non-finite score or a throwing callback
+/// is an error naming the phase and configuration, with the simulation put back as it was.
 template <class Sim, class Evaluate>
 amp_result choose_mixed_precision(Sim& sim, const tensor& example_input, std::vector<amp_candidate> candidates,
                                   Evaluate&& evaluate, const data::dataset* sqnr_data,
@@ -357,7 +356,13 @@ amp_result choose_mixed_precision(Sim& sim, const tensor& example_input, std::ve
     const bool as_given = k.type == p.type && k.bitwidth == p.bitwidth && !k.encodings.empty();
     sim.with_quantizer(n, [&](auto& q) {
       q.unfreeze();
-      if (q.settings().dtype != p.type) q.set_dtype(p.type);
+      if (q.settings().dtype != p.type) {
+        // A dtype change drops the statistics (the quantizer's layout changed); float16 needs
+        // none and the integer grids they serve come back: keep them through it.
+        auto statistics = q.statistics();
+        q.set_dtype(p.type);
+        q.restore_statistics(std::move(statistics));
+      }
       if (q.bitwidth() != p.bitwidth) q.set_bitwidth(p.bitwidth);
       if (as_given) {
         q.set_encodings(k.encodings);
