@@ -15,6 +15,7 @@
 #include <qkit/analysis/mixed_precision.hpp>
 #include <qkit/io/encodings_file.hpp>
 #include <qkit/nn/evaluate.hpp>
+#include <qkit/analysis/auto_quant_mixed_precision.hpp>
 #include <qkit/ptq/auto_quant.hpp>
 #include <qkit/sim/calibrate.hpp>
 
@@ -158,7 +159,7 @@ TEST_CASE("AutoQuant + AMP on the trained model: W4A8 per-tensor AutoQuant, then
   auto evaluate = [&](auto& s) { return nn::evaluate(s, d.test); };
   auto o = options("unused");
   const auto t0 = std::chrono::steady_clock::now();
-  auto out = ptq::auto_quant_mixed_precision<presets::w4a8>(d.model, data::first(d.test, 1).samples(), d.calib,
+  auto out = analysis::auto_quant_mixed_precision<presets::w4a8>(d.model, data::first(d.test, 1).samples(), d.calib,
                                                             evaluate, ao, candidates, o);
   REQUIRE(out.mixed_precision);
   const auto& r = *out.mixed_precision;

@@ -16,6 +16,7 @@
 
 #include <qkit/io/encodings_file.hpp>
 #include <qkit/nn/nn.hpp>
+#include <qkit/analysis/auto_quant_mixed_precision.hpp>
 #include <qkit/ptq/auto_quant.hpp>
 
 #include "ptq_test_util.hpp"
@@ -335,7 +336,7 @@ TEST_CASE("auto_quant_mixed_precision: AMP runs on AutoQuant's simulation, keeps
   ao.allowed_drop = 1e9;
   ao.verbose = false;
   const std::vector<analysis::amp_candidate> cands{analysis::w_a(4, 8), analysis::w_a(8, 8), analysis::w_a(16, 16)};
-  auto out = ptq::auto_quant_mixed_precision<P>(s.model, s.example, s.calib, s.score(), o, cands, ao);
+  auto out = analysis::auto_quant_mixed_precision<P>(s.model, s.example, s.calib, s.score(), o, cands, ao);
   REQUIRE(out.mixed_precision);
   const auto& r = *out.mixed_precision;
   CHECK(r.chosen_step == r.curve.size() - 1);
@@ -361,7 +362,7 @@ TEST_CASE("auto_quant_mixed_precision: AMP runs on AutoQuant's simulation, keeps
   });
   // Bad candidates are refused before AutoQuant evaluates anything.
   const int before = s.calls;
-  CHECK_THROWS_WITH_AS(ptq::auto_quant_mixed_precision<P>(s.model, s.example, s.calib, s.score(), s.options("amp_bad", 0.01),
+  CHECK_THROWS_WITH_AS(analysis::auto_quant_mixed_precision<P>(s.model, s.example, s.calib, s.score(), s.options("amp_bad", 0.01),
                                                           {analysis::w_a(4, 16), analysis::w_a(16, 8)}, ao),
                        doctest::Contains("no baseline"), config_error);
   CHECK(s.calls == before);

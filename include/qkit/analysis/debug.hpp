@@ -42,7 +42,7 @@
 #include "../sim/quantsim.hpp"
 #include "../sim/sim_config.hpp"
 #include "quant_analyzer.hpp"
-#include "report/html.hpp"
+#include "../io/report/html.hpp"
 
 namespace qkit::analysis {
 
@@ -602,7 +602,7 @@ debug_result<Model> debug_quantization(const Model& model, const tensor& example
   j["files"] = {{"weights", "model.npz"}, {"config", "quantsim_config.json"},
                 {"encodings", "model.encodings"}, {"analysis", "analysis/index.html"}};
   j["steps"] = nlohmann::ordered_json::array();
-  report::page page{"Quantization debugging: " + P::label(), {}, {}, {{"analysis/index.html", "QuantAnalyzer's pages (step 5)"}}};
+  io::report::page page{"Quantization debugging: " + P::label(), {}, {}, {{"analysis/index.html", "QuantAnalyzer's pages (step 5)"}}};
   {
     std::ostringstream o;
     o << "FP32 " << detail::percent_or_value(r.fp32) << "; target " << detail::percent_or_value(r.target)
@@ -627,9 +627,9 @@ debug_result<Model> debug_quantization(const Model& model, const tensor& example
     for (const auto& f : s.findings) text += f + " ";
     page.paragraphs.push_back(text);
     if (!s.trials.empty()) {
-      report::chart c{"Step " + std::to_string(s.number) + ": " + s.title, "try", "score", {}, {}};
-      report::series v{"score", {}, {}, "bar", {}};
-      report::series t{"target", {}, {}, "line", {}};
+      io::report::chart c{"Step " + std::to_string(s.number) + ": " + s.title, "try", "score", {}, {}};
+      io::report::series v{"score", {}, {}, "bar", {}};
+      io::report::series t{"target", {}, {}, "line", {}};
       for (const auto& tr : s.trials) {
         c.categories.push_back(tr.label);
         v.values.push_back(tr.score);
@@ -641,7 +641,7 @@ debug_result<Model> debug_quantization(const Model& model, const tensor& example
   }
   io::write_file_atomically(options.results_dir / "debug_report.json", j.dump(2) + "\n");
   r.report = options.results_dir / "debug_report.html";
-  report::write(r.report, page);
+  io::report::write(r.report, page);
   return r;
 }
 

@@ -47,7 +47,7 @@
 #include "../io/atomic_file.hpp"
 #include "../io/result_cache.hpp"
 #include "../sim/quantsim.hpp"
-#include "report/html.hpp"
+#include "../io/report/html.hpp"
 
 namespace qkit::analysis {
 
@@ -680,15 +680,15 @@ amp_result choose_mixed_precision(Sim& sim, const tensor& example_input, std::ve
   io::write_file_atomically(r.pareto_json, pj.dump(2) + "\n");
   io::write_file_atomically(options.results_dir / "amp_info_list.json", info.dump(2) + "\n");
 
-  report::page curve_page{"Mixed precision: score against bit-operations", {}, {}, {}};
+  io::report::page curve_page{"Mixed precision: score against bit-operations", {}, {}, {}};
   curve_page.paragraphs.push_back(
       "Baseline " + baseline.label() + " (" + detail::amp_number(r.baseline_score) + "), FP32 " +
       detail::amp_number(r.fp32) + ", target " + detail::amp_number(r.target) + ". Chosen: step " +
       std::to_string(chosen) + " of " + std::to_string(last) + ", " + detail::amp_number(r.relative_bitops) +
       " of the baseline's bit-operations, score " + detail::amp_number(r.score) + ".");
-  report::chart cc{"Pareto curve", "relative bit-operations", "score", {}, {}};
+  io::report::chart cc{"Pareto curve", "relative bit-operations", "score", {}, {}};
   cc.y_from_zero = false;
-  report::series all{"every step", {}, {}, "line", {}}, front{"Pareto front", {}, {}, "line", {}},
+  io::report::series all{"every step", {}, {}, "line", {}}, front{"Pareto front", {}, {}, "line", {}},
       tgt{"target", {}, {}, "line", {}}, pick{"chosen", {}, {}, "line", {}};
   for (const auto& p : r.curve) {
     all.points.emplace_back(p.relative_bitops, p.score);
@@ -699,25 +699,25 @@ amp_result choose_mixed_precision(Sim& sim, const tensor& example_input, std::ve
   cc.data = {all, front, tgt, pick};
   curve_page.charts.push_back(std::move(cc));
   r.pareto_html = options.results_dir / "pareto_curve.html";
-  report::write(r.pareto_html, curve_page);
+  io::report::write(r.pareto_html, curve_page);
 
-  report::page sens_page{"Mixed precision: quantizer group sensitivity (phase 1)", {}, {}, {}};
+  io::report::page sens_page{"Mixed precision: quantizer group sensitivity (phase 1)", {}, {}, {}};
   sens_page.paragraphs.push_back(std::string("Each group alone lowered to each candidate, the others at ") +
                                  baseline.label() + "; score: " +
                                  (sqnr_data ? "SQNR of the output (dB) on " + std::to_string(sqnr_x.shape(0)) + " samples"
                                             : std::string("the evaluation")) + ".");
-  report::chart sc{"Sensitivity", "quantizer group", sqnr_data ? "SQNR (dB)" : "score", {}, {}};
+  io::report::chart sc{"Sensitivity", "quantizer group", sqnr_data ? "SQNR (dB)" : "score", {}, {}};
   for (std::size_t g = 0; g < G; ++g) sc.categories.push_back(r.groups[g].name());
   for (const auto& c : candidates) {
     if (c == baseline) continue;
-    report::series s{c.label(), std::vector<double>(G, 0.0), {}, "bar", {}};
+    io::report::series s{c.label(), std::vector<double>(G, 0.0), {}, "bar", {}};
     for (const auto& e : r.sensitivity)
       if (e.candidate == c) s.values[e.group] = std::isfinite(e.score) ? e.score : 0.0;
     sc.data.push_back(std::move(s));
   }
   sens_page.charts.push_back(std::move(sc));
   r.sensitivity_html = options.results_dir / "quantizer_group_sensitivity.html";
-  report::write(r.sensitivity_html, sens_page);
+  io::report::write(r.sensitivity_html, sens_page);
   return r;
 }
 

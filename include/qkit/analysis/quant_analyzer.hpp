@@ -42,7 +42,7 @@
 #include "../nn/evaluate.hpp"
 #include "../sim/quantsim.hpp"
 #include "../tensor/tensor.hpp"
-#include "report/html.hpp"
+#include "../io/report/html.hpp"
 
 namespace qkit::analysis {
 
@@ -197,7 +197,7 @@ class quant_analyzer {
               ? "the weights cost more than the activations"
               : "the activations cost more than the weights")
       << ".";
-    report::chart c{"Score by what is quantized", "quantized", "score",
+    io::report::chart c{"Score by what is quantized", "quantized", "score",
                     {"FP32", "weights only", "activations only", "all"},
                     {{"score", {s.fp32, s.weights_quantized, s.activations_quantized, s.quantized}, {}, "bar"}}};
     write_page(name + ".html", "Model sensitivity to quantization", f.str(), {c});
@@ -267,8 +267,8 @@ class quant_analyzer {
     write_json("min_max_ranges/activations.json", activations);
     for (const auto& [file, j, what] : {std::tuple{"weights", &weights, "Weight"},
                                         std::tuple{"activations", &activations, "Activation"}}) {
-      report::chart c{std::string(what) + " encodings: [min, max]", "quantizer (channel)", "value", {}, {}};
-      report::series r{"[min, max]", {}, {}, "bar"};
+      io::report::chart c{std::string(what) + " encodings: [min, max]", "quantizer (channel)", "value", {}, {}};
+      io::report::series r{"[min, max]", {}, {}, "bar"};
       for (const auto& [key, v] : j->items()) {
         if (v.is_object()) {
           for (const auto& [ch, mm] : v.items()) {
@@ -501,7 +501,7 @@ class quant_analyzer {
     nlohmann::ordered_json j;
     j["quantizer"] = q;
     j["channels"] = nlohmann::ordered_json::array();
-    report::chart c{what + " histogram of " + q + " with its encoding's [min, max]", "value", "count", {}, {}};
+    io::report::chart c{what + " histogram of " + q + " with its encoding's [min, max]", "value", "count", {}, {}};
     std::size_t outside = 0;
     for (const auto& ch : channels) {
       nlohmann::ordered_json e;
@@ -514,15 +514,15 @@ class quant_analyzer {
       e["bin_left"] = ch.h.bin_left(0);
       e["counts"] = ch.h.counts();
       j["channels"].push_back(std::move(e));
-      report::series bins{"count", {}, {}, "bar", {}};
+      io::report::series bins{"count", {}, {}, "bar", {}};
       double top = 0.0;
       for (std::size_t k = 0; k < ch.h.bins(); ++k) {
         const double y = double(ch.h.counts()[k]);
         bins.points.emplace_back(ch.h.bin_left(k) + 0.5 * ch.h.bin_width(), y);
         top = std::max(top, y);
       }
-      report::series lo{"encoding min", {}, {}, "line", {{ch.e.min, 0.0}, {ch.e.min, top}}};
-      report::series hi{"encoding max", {}, {}, "line", {{ch.e.max, 0.0}, {ch.e.max, top}}};
+      io::report::series lo{"encoding min", {}, {}, "line", {{ch.e.min, 0.0}, {ch.e.min, top}}};
+      io::report::series hi{"encoding max", {}, {}, "line", {{ch.e.max, 0.0}, {ch.e.max, top}}};
       // Beyond half a step: a weight stored on the grid's end in float may sit a float's
       // rounding past the double-precision bound and is not clipped.
       if (ch.h.min() < ch.e.min - 0.5 * ch.e.scale || ch.h.max() > ch.e.max + 0.5 * ch.e.scale) ++outside;
@@ -720,9 +720,9 @@ class quant_analyzer {
     }
   }
 
-  static report::chart bar_chart(const per_layer_values& v, const std::string& x,
+  static io::report::chart bar_chart(const per_layer_values& v, const std::string& x,
                                  const std::string& y, const std::string& label) {
-    report::chart c{"", x, y, {}, {{label, {}, {}, "bar"}}};
+    io::report::chart c{"", x, y, {}, {{label, {}, {}, "bar"}}};
     for (const auto& [layer, value] : v) {
       c.categories.push_back(layer);
       c.data[0].values.push_back(value);
@@ -733,10 +733,10 @@ class quant_analyzer {
   // Writes one report page, records its finding, and (unless a batch of pages is being written)
   // rewrites index.html with every page so far.
   void write_page(const std::string& relative, const std::string& title, const std::string& finding,
-                  std::vector<report::chart> charts, bool update_index = true) {
+                  std::vector<io::report::chart> charts, bool update_index = true) {
     if (charts.size() == 1 && charts[0].title.empty()) charts[0].title = title;
     const std::filesystem::path p = options_.results_dir / relative;
-    report::write(p, {title, {finding}, std::move(charts), {}});
+    io::report::write(p, {title, {finding}, std::move(charts), {}});
     auto it = std::find_if(pages_.begin(), pages_.end(), [&](auto& e) { return e.first.href == relative; });
     if (it == pages_.end()) pages_.push_back({{relative, title}, finding});
     else it->second = finding;
@@ -744,11 +744,11 @@ class quant_analyzer {
   }
 
   void write_index() {
-    report::page index{"QuantAnalyzer results", {}, {}, {}};
+    io::report::page index{"QuantAnalyzer results", {}, {}, {}};
     index.paragraphs.push_back("Results folder: " + options_.results_dir.string() +
                                ". Each page has a JSON file of the same name beside it.");
     for (const auto& [l, f] : pages_) index.links.push_back({l.href, l.text + " — " + f});
-    report::write(options_.results_dir / "index.html", index);
+    io::report::write(options_.results_dir / "index.html", index);
   }
 
   void write_json(const std::string& relative, const nlohmann::ordered_json& j) {
@@ -764,7 +764,7 @@ class quant_analyzer {
   eval_callback evaluate_;
   quant_analyzer_options options_;
   std::vector<analysis_cost> costs_;
-  std::vector<std::pair<report::link, std::string>> pages_;  // written pages and their findings
+  std::vector<std::pair<io::report::link, std::string>> pages_;  // written pages and their findings
 };
 
 }  // namespace qkit::analysis

@@ -25,8 +25,8 @@
 // quantsim<Model, Preset>: every simulation scored and returned is that type, with every
 // encoding frozen, ready to evaluate or export.
 //
-// auto_quant_mixed_precision is AIMET's AutoQuant with AMP: the flow above, then automatic
-// mixed precision (analysis/mixed_precision.hpp) on the simulation it chose.
+// AIMET's AutoQuant with AMP, this flow then automatic mixed precision on its result, is
+// analysis::auto_quant_mixed_precision (analysis/auto_quant_mixed_precision.hpp).
 #pragma once
 
 #include <algorithm>
@@ -47,8 +47,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "../analysis/mixed_precision.hpp"
-#include "../analysis/report/html.hpp"
+#include "../io/report/html.hpp"
 #include "../calib/range_method.hpp"
 #include "../data/dataset.hpp"
 #include "../error.hpp"
@@ -582,7 +581,7 @@ auto_quant_result<Model, Preset> auto_quant(const Model& model, const tensor& ex
   j["seconds"] = r.seconds;
   j["cache"] = std::filesystem::relative(r.cache_dir, options.results_dir).generic_string();
   j["stages"] = nlohmann::ordered_json::array();
-  analysis::report::page page{"AutoQuant: " + P::label(), {}, {}, {}};
+  io::report::page page{"AutoQuant: " + P::label(), {}, {}, {}};
   {
     std::ostringstream o;
     o << "FP32 " << detail::score_text(r.fp32) << "; target " << detail::score_text(r.target) << " (FP32 − "
@@ -595,8 +594,8 @@ auto_quant_result<Model, Preset> auto_quant(const Model& model, const tensor& ex
     o << " " << r.evaluations << " evaluations, " << detail::score_text(r.seconds) << " s.";
     page.paragraphs.push_back(o.str());
   }
-  analysis::report::chart c{"Score of each stage", "stage", "score", {}, {}};
-  analysis::report::series bars{"score", {}, {}, "bar", {}}, target{"target", {}, {}, "line", {}};
+  io::report::chart c{"Score of each stage", "stage", "score", {}, {}};
+  io::report::series bars{"score", {}, {}, "bar", {}}, target{"target", {}, {}, "line", {}};
   for (const auto& s : r.stages) {
     nlohmann::ordered_json js;
     js["name"] = s.name;
@@ -631,78 +630,8 @@ auto_quant_result<Model, Preset> auto_quant(const Model& model, const tensor& ex
   r.report_json = options.results_dir / "diagnostics.json";
   r.report = options.results_dir / "diagnostics.html";
   io::write_file_atomically(r.report_json, j.dump(2) + "\n");
-  analysis::report::write(r.report, page);
+  io::report::write(r.report, page);
   return r;
-}
-
-/// AutoQuant, then automatic mixed precision on its result.
-template <class Model, class Preset>
-struct auto_quant_amp_result {
-  /// AutoQuant's result; its `sim` carries the mixture AMP chose (every encoding frozen).
-  auto_quant_result<Model, Preset> auto_quant;
-  /// Empty when AutoQuant returned no simulation (even float weights missed its target).
-  std::optional<analysis::amp_result> mixed_precision;
-  std::filesystem::path encodings;  ///< the chosen mixture's encodings (results_dir/mixed_precision/)
-};
-
-/// AIMET's AutoQuant with AMP: auto_quant<Preset> as above, then choose_mixed_precision on the
-/// simulation it chose, with `candidates`, phase 1 by SQNR on `calibration` and phase 2 by
-/// `evaluate`. The AMP inputs are checked before AutoQuant starts. AMP's files go to
-/// options.results_dir / "mixed_precision" (amp_options.results_dir is replaced), with the
-/// chosen mixture's encodings as model.encodings. Quantizers AMP leaves at Preset's precision
-/// keep AutoQuant's encodings (its range method's, AdaRound's weights); at any other precision
-/// activations take min-max ranges from `calibration` and weights min-max ranges of the
-/// (AdaRound-rounded) weights.
-template <class Preset, class Model, class Evaluate>
-auto_quant_amp_result<Model, Preset> auto_quant_mixed_precision(const Model& model, const tensor& example_input,
-                                                                 const data::dataset& calibration, Evaluate&& evaluate,
-                                                                 const auto_quant_options& options,
-                                                                 std::vector<analysis::amp_candidate> candidates,
-                                                                 analysis::amp_options amp_options = {}) {
-  (void)analysis::check_amp_inputs(candidates, amp_options);
-  amp_options.results_dir = options.results_dir / "mixed_precision";
-  if (!amp_options.log) amp_options.log = options.log;
-  amp_options.verbose = amp_options.verbose && options.verbose;
-  // AMP measures against the caller's FP32 model: AutoQuant's weights are rescaled (CLE) or
-  // rounded (AdaRound), so the simulation with its quantizers off is no longer it.
-  amp_options.fp32_forward = [&model](const tensor& x) {
-    Model m = model;
-    return nn::forward(m, x);
-  };
-  auto_quant_amp_result<Model, Preset> out{auto_quant<Preset>(model, example_input, calibration, evaluate, options), {}, {}};
-  auto& r = out.auto_quant;
-  if (!r.sim) return out;
-  auto& sim = *r.sim;
-  amp_options.fp32_score = r.fp32;
-  // AMP recomputes encodings at other precisions from calibration statistics, which the frozen
-  // result does not have: gather them with AutoQuant's encodings set aside, then put those back.
-  // The weights stay in float meanwhile: ranges seen through Preset's coarse weights would clip
-  // the activations of the higher precisions (at W4 by enough to cost a 16-bit baseline most of
-  // its accuracy), and at Preset's own precision AutoQuant's encodings are kept anyway.
-  std::map<std::string, std::vector<encoding>> acts;
-  std::vector<std::string> params;
-  sim.for_each_quantizer([&](const std::string& n, quantizer_kind k, auto& q) {
-    if (!q.enabled()) return;
-    if (k == quantizer_kind::param) {
-      params.push_back(n);
-      q.set_enabled(false);
-    } else if (q.frozen()) {
-      acts[n] = q.encodings();
-      q.unfreeze();
-    }
-  });
-  calibrate(sim, calibration, std::min(options.calibration_samples, calibration.size()));
-  sim.for_each_quantizer([&](const std::string& n, quantizer_kind k, auto& q) {
-    if (k == quantizer_kind::param && std::find(params.begin(), params.end(), n) != params.end()) q.set_enabled(true);
-  });
-  for (const auto& [n, e] : acts) sim.set_and_freeze_encodings(n, e);
-  out.mixed_precision = analysis::choose_mixed_precision(sim, example_input, candidates, evaluate, &calibration, amp_options);
-  sim.for_each_quantizer([](const std::string&, quantizer_kind, auto& q) {
-    if (q.enabled() && q.has_encodings()) q.freeze();
-  });
-  out.encodings = amp_options.results_dir / "model.encodings";
-  sim.export_encodings(out.encodings);
-  return out;
 }
 
 }  // namespace qkit::ptq

@@ -1,4 +1,4 @@
-// qkit/analysis/report/html.hpp — self-contained HTML report pages: bar, floating-bar (ranges)
+// qkit/io/report/html.hpp — self-contained HTML report pages: bar, floating-bar (ranges)
 // and line charts drawn by the vendored Chart.js (chart_js.hpp), embedded into every page with
 // the page's data, so a page opens from disk with the network off. A Content-Security-Policy
 // forbids every fetch, so a page that tried one would fail visibly rather than work only online.
@@ -14,10 +14,10 @@
 
 #include <nlohmann/json.hpp>
 
-#include "../../io/atomic_file.hpp"
+#include "../atomic_file.hpp"
 #include "chart_js.hpp"
 
-namespace qkit::analysis::report {
+namespace qkit::io::report {
 
 /// One data series of a chart: a value per category, a [low, high] range per category
 /// (floating bars, e.g. an encoding's min and max), or (x, y) points on a numeric x axis (a
@@ -260,4 +260,4 @@ inline void write(const std::filesystem::path& path, const page& p) {
   io::write_file_atomically(path, render(p));
 }
 
-}  // namespace qkit::analysis::report
+}  // namespace qkit::io::report
