@@ -1,7 +1,10 @@
 // bench_conv — qkit's conv2d kernels (forward, backward data, backward weight) at the layer
 // shapes of a small MobileNet-style Fashion-MNIST network (28×28 inputs, batch 64), beside the
 // scalar references and, for the GEMM-based layers, im2col + OpenBLAS cblas_sgemm.
-// Counters: GFLOP/s (2·N·O·OH·OW·(C/groups)·KH·KW per call), items = output elements.
+// Counters: GFLOP/s (2·N·O·OH·OW·(C/groups)·KH·KW per call), items = output elements. Also the
+// integer depthwise convolution of the target-exact simulation (qkit::integer::depthwise_u8,
+// one image, uint8 input, int32 accumulators) beside its scalar reference and the float
+// depthwise forward of the same image, single-threaded.
 #include <benchmark/benchmark.h>
 
 #include <random>
@@ -10,6 +13,7 @@
 #include <vector>
 
 #include <qkit/tensor/conv.hpp>
+#include <qkit/tensor/integer.hpp>
 
 #ifdef QKIT_HAVE_CBLAS
 #include <cblas.h>
@@ -121,6 +125,49 @@ void bm_reference(benchmark::State& state, std::size_t index, pass p) {
   set_counters(state, s);
 }
 
+// The depthwise layers at batch 1 (the integer mode runs one image per thread).
+struct integer_dw_operands {
+  std::vector<std::uint8_t> x;
+  std::vector<std::int32_t> w, acc;
+  explicit integer_dw_operands(const qkit::conv2d_shape& s) {
+    std::mt19937 rng(1);
+    std::uniform_int_distribution<int> dx(0, 255), dw(-127, 127);
+    x.resize(s.C * s.H * s.W);
+    w.resize(s.C * s.KH * s.KW);
+    acc.resize(s.C * s.OH() * s.OW());
+    for (auto& v : x) v = static_cast<std::uint8_t>(dx(rng));
+    for (auto& v : w) v = dw(rng);
+  }
+};
+
+qkit::conv2d_shape one_image(qkit::conv2d_shape s) {
+  s.N = 1;
+  return s;
+}
+
+void bm_integer_depthwise(benchmark::State& state, std::size_t index, bool reference) {
+  const auto s = one_image(layers()[index].s);
+  integer_dw_operands o(s);
+  for (auto _ : state) {
+    if (reference) qkit::integer::depthwise_u8_reference(s, o.x.data(), 128, o.w.data(), o.acc.data());
+    else qkit::integer::depthwise_u8(s, o.x.data(), 128, o.w.data(), o.acc.data());
+    benchmark::DoNotOptimize(o.acc.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, s);
+}
+
+void bm_float_depthwise_one_image(benchmark::State& state, std::size_t index) {
+  const auto s = one_image(layers()[index].s);
+  operands o(s);
+  qkit::set_num_threads(1);
+  for (auto _ : state) {
+    qkit::conv2d_forward(s, o.x.data(), o.w.data(), o.b.data(), o.y.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, s);
+}
+
 #ifdef QKIT_HAVE_CBLAS
 // The textbook baseline: im2col per image, then OpenBLAS's SGEMM (groups == 1 layers only).
 void bm_openblas_im2col(benchmark::State& state, std::size_t index, bool all_threads) {
@@ -167,6 +214,14 @@ const bool registered = [] {
                  ("reference_conv2d_" + std::string(pass_name(p)) + "/" + l.name).c_str(),
                  bm_reference, i, p),
              false);
+    }
+    if (l.s.p.groups == l.s.C && l.s.O == l.s.C) {
+      timing(benchmark::RegisterBenchmark(("integer_depthwise_u8/" + l.name + "/batch1").c_str(),
+                                          bm_integer_depthwise, i, false), false);
+      timing(benchmark::RegisterBenchmark(("integer_depthwise_reference/" + l.name + "/batch1").c_str(),
+                                          bm_integer_depthwise, i, true), false);
+      timing(benchmark::RegisterBenchmark(("qkit_conv2d_forward_float/" + l.name + "/batch1").c_str(),
+                                          bm_float_depthwise_one_image, i), false);
     }
 #ifdef QKIT_HAVE_CBLAS
     if (l.s.p.groups == 1)

@@ -1,7 +1,10 @@
 // bench_gemm — qkit::gemm against OpenBLAS's cblas_sgemm (same binary, same data) and the
 // scalar reference, at square sizes and at the im2col shapes of a small Fashion-MNIST network.
 // Counters: GFLOP/s (2·M·N·K per call). Threads: "/threads:1" and "/threads:all" variants set
-// both libraries to one thread or to every hardware thread.
+// both libraries to one thread or to every hardware thread. Also the integer GEMM of the
+// target-exact simulation (qkit::integer::gemm_s8u8: uint8 activations × int8 weights into
+// int32, AVX-512 VNNI where the CPU has it) beside its scalar reference and the float GEMM of
+// the same shape, single-threaded (the integer mode runs one image per thread).
 #include <benchmark/benchmark.h>
 
 #include <random>
@@ -10,6 +13,7 @@
 #include <vector>
 
 #include <qkit/tensor/gemm.hpp>
+#include <qkit/tensor/integer.hpp>
 
 #ifdef QKIT_HAVE_CBLAS
 #include <cblas.h>
@@ -118,6 +122,83 @@ void bm_openblas(benchmark::State& state, std::size_t index, bool all_threads) {
 }
 #endif
 
+// Integer GEMM c[M×N] = a[M×K] (int8 weights) · b[K×N] (uint8 activations), per image.
+const std::vector<gemm_case>& integer_cases() {
+  static const std::vector<gemm_case> c{
+      {"square256", 256, 256, 256},
+      {"conv3x3_1to16_28x28_per_image", 16, 784, 9},
+      {"conv3x3_32to64_14x14_per_image", 64, 196, 288},
+      {"pointwise1x1_32to64_14x14_per_image", 64, 196, 32},
+      {"pointwise1x1_64to128_7x7_per_image", 128, 49, 64},
+  };
+  return c;
+}
+
+struct integer_operands {
+  std::vector<std::int8_t> a;
+  std::vector<std::uint8_t> b;
+  std::vector<std::int32_t> c;
+  explicit integer_operands(const gemm_case& g) {
+    std::mt19937 rng(1);
+    std::uniform_int_distribution<int> wa(-128, 127), wb(0, 255);
+    a.resize(g.M * g.K);
+    b.resize(g.K * g.N);
+    c.assign(g.M * g.N, 0);
+    for (auto& v : a) v = static_cast<std::int8_t>(wa(rng));
+    for (auto& v : b) v = static_cast<std::uint8_t>(wb(rng));
+  }
+};
+
+void bm_integer(benchmark::State& state, std::size_t index) {
+  const auto& g = integer_cases()[index];
+  integer_operands o(g);
+  const qkit::integer::packed_weights w(g.M, g.K, o.a.data());
+  for (auto _ : state) {
+    qkit::integer::gemm_s8u8(w, g.N, o.b.data(), g.N, o.c.data(), g.N);
+    benchmark::DoNotOptimize(o.c.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, g);
+  state.SetLabel(qkit::integer::gemm_s8u8_kernel());
+}
+
+// The portable kernel (what CPUs without AVX-512 VNNI run), benchmarked on every CPU.
+void bm_integer_simd(benchmark::State& state, std::size_t index) {
+  const auto& g = integer_cases()[index];
+  integer_operands o(g);
+  const qkit::integer::packed_weights w(g.M, g.K, o.a.data());
+  for (auto _ : state) {
+    qkit::integer::detail::simd_gemm(w, g.N, o.b.data(), g.N, o.c.data(), g.N);
+    benchmark::DoNotOptimize(o.c.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, g);
+}
+
+void bm_integer_reference(benchmark::State& state, std::size_t index) {
+  const auto& g = integer_cases()[index];
+  integer_operands o(g);
+  for (auto _ : state) {
+    qkit::integer::gemm_s8u8_reference(g.M, g.N, g.K, o.a.data(), o.b.data(), g.N, o.c.data(), g.N);
+    benchmark::DoNotOptimize(o.c.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, g);
+}
+
+void bm_float_same_shape(benchmark::State& state, std::size_t index) {
+  const auto& g = integer_cases()[index];
+  operands o(g);
+  qkit::set_num_threads(1);
+  for (auto _ : state) {
+    qkit::gemm(qkit::transpose::no, qkit::transpose::no, g.M, g.N, g.K, 1.0f, o.a.data(), g.K,
+               o.b.data(), g.N, 0.0f, o.c.data(), g.N);
+    benchmark::DoNotOptimize(o.c.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, g);
+}
+
 // Single-threaded runs are timed by the benchmark thread's CPU time, which the other jobs on
 // a shared machine disturb least; all-thread runs by wall time, the only fair measure there.
 benchmark::internal::Benchmark* timing(benchmark::internal::Benchmark* b, bool all_threads) {
@@ -143,6 +224,17 @@ const bool registered = [] {
     if (double(g.M) * double(g.N) * double(g.K) <= 300e6)
       timing(benchmark::RegisterBenchmark(("reference_gemm/" + g.name).c_str(), bm_reference, i),
              false);
+  }
+  for (std::size_t i = 0; i < integer_cases().size(); ++i) {
+    const auto& g = integer_cases()[i];
+    timing(benchmark::RegisterBenchmark(("integer_gemm_s8u8/" + g.name).c_str(), bm_integer, i), false);
+    timing(benchmark::RegisterBenchmark(("integer_gemm_simd_int32/" + g.name).c_str(), bm_integer_simd, i),
+           false);
+    timing(benchmark::RegisterBenchmark(("integer_gemm_reference/" + g.name).c_str(),
+                                        bm_integer_reference, i),
+           false);
+    timing(benchmark::RegisterBenchmark(("qkit_gemm_float/" + g.name).c_str(), bm_float_same_shape, i),
+           false);
   }
   return true;
 }();

@@ -210,10 +210,12 @@ inline void valid_output_range(std::size_t size, std::size_t out, std::size_t st
   lo = std::min(lo, hi);
 }
 
-/// col[(c·KH + kh)·KW + kw][oh·OW + ow] = x[c][oh·sh − pt + kh·dh][ow·sw − pl + kw·dw] (zero
-/// outside), for `channels` channels of one image; rows of col are ldcol apart.
-inline void im2col(const conv2d_shape& s, std::size_t channels, const float* x, float* col,
-                   std::size_t ldcol) {
+/// col[(c·KH + kh)·KW + kw][oh·OW + ow] = x[c][oh·sh − pt + kh·dh][ow·sw − pl + kw·dw] (`pad`
+/// outside: 0, or an integer input's zero point), for `channels` channels of one image; rows of
+/// col are ldcol apart.
+template <class T>
+inline void im2col(const conv2d_shape& s, std::size_t channels, const T* x, T* col,
+                   std::size_t ldcol, T pad = T{}) {
   const std::size_t OH = s.OH(), OW = s.OW();
   const auto& p = s.p;
   for (std::size_t c = 0; c < channels; ++c)
@@ -223,19 +225,19 @@ inline void im2col(const conv2d_shape& s, std::size_t channels, const float* x, 
       for (std::size_t kw = 0; kw < s.KW; ++kw) {
         std::size_t ow_lo, ow_hi;
         valid_output_range(s.W, OW, p.stride_w, kw * p.dilation_w, p.pad_left, ow_lo, ow_hi);
-        float* row = col + ((c * s.KH + kh) * s.KW + kw) * ldcol;
+        T* row = col + ((c * s.KH + kh) * s.KW + kw) * ldcol;
         for (std::size_t oh = 0; oh < OH; ++oh) {
-          float* dst = row + oh * OW;
+          T* dst = row + oh * OW;
           if (oh < oh_lo || oh >= oh_hi) {
-            std::fill(dst, dst + OW, 0.0f);
+            std::fill(dst, dst + OW, pad);
             continue;
           }
           if (ow_lo >= ow_hi) {
-            std::fill(dst, dst + OW, 0.0f);
+            std::fill(dst, dst + OW, pad);
             continue;
           }
-          const float* src = x + (c * s.H + oh * p.stride_h + kh * p.dilation_h - p.pad_top) * s.W;
-          std::fill(dst, dst + ow_lo, 0.0f);
+          const T* src = x + (c * s.H + oh * p.stride_h + kh * p.dilation_h - p.pad_top) * s.W;
+          std::fill(dst, dst + ow_lo, pad);
           const std::size_t iw0 = ow_lo * p.stride_w + kw * p.dilation_w - p.pad_left;
           if (p.stride_w == 1) {
             std::copy(src + iw0, src + iw0 + (ow_hi - ow_lo), dst + ow_lo);
@@ -243,7 +245,7 @@ inline void im2col(const conv2d_shape& s, std::size_t channels, const float* x, 
             for (std::size_t ow = ow_lo, iw = iw0; ow < ow_hi; ++ow, iw += p.stride_w)
               dst[ow] = src[iw];
           }
-          std::fill(dst + ow_hi, dst + OW, 0.0f);
+          std::fill(dst + ow_hi, dst + OW, pad);
         }
       }
     }
