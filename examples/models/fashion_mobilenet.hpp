@@ -46,16 +46,19 @@ inline auto inverted_residual(std::size_t channels, std::size_t expansion) {
 }
 
 /// [N, 1, 28, 28] normalized images → [N, 10] logits. Layer names look like
-/// "features.3.dw.conv", "features.3.add", "classifier".
-inline auto make_model() {
+/// "features.3.dw.conv", "features.3.add", "classifier". `width` is the stem's channel count
+/// (the blocks have 2× and 4× it); the example trains the default, other widths give
+/// variants of the same architecture (and the same C++ type) for tests.
+inline auto make_model(std::size_t width = 16) {
+  const std::size_t w1 = width, w2 = 2 * width, w3 = 4 * width;
   return sequential(
-      named("features", sequential(conv_bn_relu6(1, 16, 3),          // 0: 16 x 28 x 28
-                                   depthwise_separable(16, 32, 2),   // 1: 32 x 14 x 14
-                                   inverted_residual(32, 2),         // 2
-                                   depthwise_separable(32, 64, 2),   // 3: 64 x 7 x 7
-                                   inverted_residual(64, 2))),       // 4
+      named("features", sequential(conv_bn_relu6(1, w1, 3),          // 0: w1 x 28 x 28
+                                   depthwise_separable(w1, w2, 2),   // 1: w2 x 14 x 14
+                                   inverted_residual(w2, 2),         // 2
+                                   depthwise_separable(w2, w3, 2),   // 3: w3 x 7 x 7
+                                   inverted_residual(w3, 2))),       // 4
       named("pool", global_avg_pool{}), named("flatten", flatten{}),
-      named("classifier", linear(64, num_classes)));
+      named("classifier", linear(w3, num_classes)));
 }
 
 using model_type = decltype(make_model());

@@ -3,6 +3,8 @@
 // quantization step at every precision preset.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <random>
 
@@ -117,5 +119,78 @@ TEST_CASE("ONNX export refuses a grid whose zero point its storage cannot hold")
   CHECK_THROWS_WITH_AS(io::write_onnx(g, path), doctest::Contains("outside its 8-bit unsigned storage"),
                        config_error);
   CHECK_FALSE(fs::exists(path));
+}
+// The integer mode's QLinearAdd against ONNX Runtime's: a QDQ Add of an input holding every
+// uint8 a (256 times) and a constant holding every uint8 b, which ORT's default optimization
+// level fuses into QLinearAdd, checked on all 65,536 pairs for grid triples drawn at random.
+// The textbook (s_a(a − z_a) + s_b(b − z_b)) / s_c disagrees with ORT on up to a few pairs per
+// triple; integer::qlinear_add must agree on every one.
+TEST_CASE("integer mode: QLinearAdd equals ONNX Runtime's on every pair of uint8 inputs") {
+  std::mt19937 rng(2026);
+  std::uniform_real_distribution<double> log2_scale(-7.0, -2.0), mantissa(1.0, 2.0);
+  std::uniform_int_distribution<int> zp(0, 255);
+  const fs::path dir = fs::path(QKIT_TEST_OUTPUT) / "sim_onnx";
+  fs::create_directories(dir);
+  constexpr std::size_t n = 65536;
+  std::size_t textbook_differs = 0;
+  for (int t = 0; t < 6; ++t) {
+    integer::grid g[3];
+    for (auto& x : g) {
+      x.scale = static_cast<float>(std::exp2(log2_scale(rng)) * mantissa(rng));
+      x.zero_point = zp(rng);
+    }
+    auto enc = [](const integer::grid& x) {
+      encoding e;
+      e.bitwidth = 8;
+      e.scale = x.scale;
+      e.offset = -x.zero_point;
+      e.min = e.scale * double(e.offset);
+      e.max = e.scale * (double(e.offset) + 255.0);
+      return e;
+    };
+    tensor a_real = tensor::from_shape({n}), b_real = tensor::from_shape({n});
+    for (std::size_t i = 0; i < n; ++i) {
+      a_real.data()[i] = g[0].scale * static_cast<float>(int(i / 256) - g[0].zero_point);
+      b_real.data()[i] = g[1].scale * static_cast<float>(int(i % 256) - g[1].zero_point);
+    }
+    io::export_graph eg;
+    eg.name = "qlinear_add";
+    eg.input_name = "a";
+    eg.input_shape = {std::int64_t(n)};
+    eg.output_name = "c";
+    eg.output_shape = {std::int64_t(n)};
+    eg.nodes.push_back({"Add", "add", {"a", "b"}, {"c"}, {}});
+    eg.initializers.emplace_back("b", b_real);
+    eg.quantized["a"] = {{enc(g[0])}, -1};
+    eg.quantized["b"] = {{enc(g[1])}, -1};
+    eg.quantized["c"] = {{enc(g[2])}, -1};
+    const fs::path path = dir / ("qlinear_add_" + std::to_string(t) + ".onnx");
+    io::write_onnx(eg, path);
+    std::vector<float> out;
+    REQUIRE(qkit_test::run_ort(path, std::vector<float>(a_real.begin(), a_real.end()),
+                               {std::int64_t(n)}, out, "all"));
+    REQUIRE(out.size() == n);
+    integer::add_step step;
+    step.a = g[0];
+    step.b = g[1];
+    step.out = g[2];
+    integer::qlinear_add_parameters(step);
+    std::size_t differ = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      const auto a = static_cast<std::uint8_t>(i / 256), b = static_cast<std::uint8_t>(i % 256);
+      const float ort = std::nearbyint(out[i] / g[2].scale) + float(g[2].zero_point);
+      differ += float(integer::qlinear_add(a, b, step)) != ort;
+      const float va = g[0].scale * float(int(a) - g[0].zero_point);
+      const float vb = g[1].scale * float(int(b) - g[1].zero_point);
+      volatile float sum = va + vb;  // each operation rounded on its own
+      const float textbook = std::clamp(std::nearbyint(sum / g[2].scale) + float(g[2].zero_point), 0.0f, 255.0f);
+      textbook_differs += textbook != ort;
+    }
+    INFO("grid triple " << t << ": s = " << g[0].scale << ", " << g[1].scale << ", " << g[2].scale
+                        << ", z = " << g[0].zero_point << ", " << g[1].zero_point << ", " << g[2].zero_point);
+    CHECK(differ == 0);
+  }
+  MESSAGE("QLinearAdd: the textbook formula differs from ONNX Runtime on " << textbook_differs
+          << " of " << 6 * n << " pairs; qkit's on none");
 }
 }  // namespace unit_quantsim_onnx

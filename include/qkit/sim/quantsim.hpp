@@ -43,6 +43,7 @@
 #include "quantizer.hpp"
 #include "../nn/dataflow.hpp"
 #include "../quant/ste.hpp"
+#include "integer_target.hpp"
 #include "model_validator.hpp"
 #include "sim_config.hpp"
 
@@ -142,11 +143,15 @@ std::string quant_scheme_name() {
 }
 
 template <class Model, class Preset = presets::w8a8, class ParamRangeSetter = minmax_range,
-          class ActRangeSetter = minmax_range, rounding R = rounding::half_even>
+          class ActRangeSetter = minmax_range, rounding R = rounding::half_even,
+          class Mode = sim_mode::float_qdq>
 class quantsim {
  public:
   using model_type = Model;
   using preset = Preset;
+  /// sim_mode::float_qdq (AIMET's float simulation) or sim_mode::onnxruntime_cpu (the integer
+  /// arithmetic of ONNX Runtime's fused kernels; sim/integer_target.hpp).
+  using mode = Mode;
   using param_quantizer_type = quantizer<ParamRangeSetter, R>;
   using activation_quantizer_type = quantizer<ActRangeSetter, R>;
   static constexpr rounding rounding_policy = R;
@@ -169,6 +174,9 @@ class quantsim {
     nn::no_hooks h;
     tensor y = nn::forward(*model_, example_input, h);
     output_shape_.assign(y.shape().begin(), y.shape().end());
+    // The integer mode refuses at construction what the target would not run in integer
+    // arithmetic (ops, precisions, schemes); the encodings are checked once they exist.
+    if constexpr (Mode::integer_target) integer::compile(*this, /*structure_only=*/true);
   }
 
   quantsim(quantsim&&) noexcept = default;
@@ -198,6 +206,15 @@ class quantsim {
   /// and every layer's input and output, e.g. to capture them for a PTQ pass or an analysis.
   template <class Observer>
   tensor forward(const tensor& x, Observer& observer) {
+    if constexpr (Mode::integer_target) {
+      if (!calibrating_) {
+        static_assert(std::is_same_v<Observer, no_observer>,
+                      "qkit::quantsim: the integer target mode runs fused integer ops and has no "
+                      "per-layer float tensors to observe; capture and analyse with a float-mode "
+                      "simulation (sim_mode::float_qdq) holding the same encodings");
+        return integer::compile(*this).run(x);
+      }
+    }
     hooks<Observer> h{this, &observer};
     if (calibrating_) {
       // A batch the model rejects part way (a wrong shape, NaN at some layer) must leave every
@@ -241,6 +258,9 @@ class quantsim {
   /// installs the learned ranges as the quantizers' encodings (they are what export writes).
   void set_training(bool on) {
     QKIT_PRECONDITION(!calibrating_, error, "quantsim: set_training during compute_encodings");
+    QKIT_PRECONDITION(!Mode::integer_target || !on, config_error,
+                      "quantsim: the integer target mode simulates inference only; train (QAT) a "
+                      "float-mode simulation and load its encodings into this one");
     nn::set_training(*model_, on);
     training_ = on;
     recorded_ = false;
@@ -633,6 +653,9 @@ class quantsim {
                         "forward?)");
       q.compute_encodings();
     }
+    // Encodings the target's requantization cannot carry are an error now, not a wrong
+    // number at the first forward.
+    if constexpr (Mode::integer_target) integer::compile(*this);
   }
 
   /// Recomputes parameter encodings from the current weights (enabled, unfrozen ones). QAT
@@ -791,8 +814,17 @@ class quantsim {
       install_frozen(params[param_index_.at(name)], encs);
     for (const auto& [name, encs] : f.activation_encodings)
       install_frozen(acts[act_index_.at(name)], encs);
-    acts_ = std::move(acts);
-    params_ = std::move(params);
+    std::swap(acts_, acts);
+    std::swap(params_, params);
+    if constexpr (Mode::integer_target) {
+      try {
+        integer::compile(*this);  // encodings the target cannot carry: refused, sim unchanged
+      } catch (...) {
+        std::swap(acts_, acts);
+        std::swap(params_, params);
+        throw;
+      }
+    }
   }
 
   /// AIMET's set_and_freeze_param_encodings: installs and freezes the parameter encodings of
