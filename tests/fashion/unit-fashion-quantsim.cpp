@@ -196,8 +196,12 @@ TEST_CASE("trained model: integer target mode equals ONNX Runtime's integer kern
 }
 
 TEST_CASE("random model variants: integer target mode equals ONNX Runtime bit for bit") {
-  const std::pair<std::size_t, std::uint32_t> variants[] = {{8, 101}, {10, 202}, {24, 303}};
-  for (const auto& [width, seed] : variants) {
+  const std::pair<std::size_t, std::uint32_t> variants[] = {{10, 202}, {8, 101}, {24, 303}};
+  // The sanitizer build (QKIT_FASHION_TEST_IMAGES set, every test several times slower) runs
+  // the first variant only: it proves memory safety of the same code, the normal build all three.
+  const std::size_t count = QKIT_FASHION_TEST_IMAGES > 0 ? 1 : std::size(variants);
+  for (std::size_t v = 0; v < count; ++v) {
+    const auto [width, seed] = variants[v];
     const auto model = random_variant(width, seed);
     {
       // Not a degenerate network (one class for every image), whose logits would match trivially.
@@ -210,6 +214,7 @@ TEST_CASE("random model variants: integer target mode equals ONNX Runtime bit fo
           if (y(i, k) > y(i, best)) best = k;
         classes.insert(best);
       }
+      INFO("variant width " << width << ", seed " << seed);
       CHECK(classes.size() >= 3);
     }
     const std::string tag = "fashion_rand_w" + std::to_string(width) + "_s" + std::to_string(seed);
