@@ -429,8 +429,9 @@ program compile(Sim& sim, bool structure_only = false) {
   auto quantized = [&](const std::string& tensor) {
     return sim.has_quantizer(tensor) && quantizes(act(tensor));
   };
-  // With structure_only (at construction, before encodings exist) the settings are checked
-  // and a placeholder grid stands in for the encodings.
+  // With structure_only (at construction, before encodings exist) only the settings are
+  // checked: the program of such a compile is discarded, so the default grid returned then is
+  // never computed with.
   auto grid_of = [&](const std::string& tensor) {
     const auto& q = act(tensor);
     const quantizer_settings& st = q.settings();
@@ -501,6 +502,15 @@ program compile(Sim& sim, bool structure_only = false) {
       unsupported(node.name, "reads '" + t + "', which is not a quantized tensor of the integer "
                              "program (the op would run in float)");
     return it->second;
+  };
+
+  // Appends `item` to its kind's steps and makes the next value slot the home of `out_t`.
+  auto emit = [&](step& st, step::kind k, auto& items, auto item, const std::string& out_t) {
+    st.k = k;
+    st.index = items.size();
+    slot[out_t] = prog.slots;
+    grids[out_t] = item.out;
+    items.push_back(std::move(item));
   };
 
   nn::describe_dataflow(sim.model(), [&](const nn::dataflow_node& node, auto& layer) {
@@ -607,12 +617,8 @@ program compile(Sim& sim, bool structure_only = false) {
           fold_zero_points(w, gx.zero_point, Kall);
         }
       }
-      st.k = step::kind::weighted;
-      st.index = prog.weighted.size();
       st.inputs = {in};
-      prog.weighted.push_back(std::move(w));
-      slot[out_t] = prog.slots;
-      grids[out_t] = gy;
+      emit(st, step::kind::weighted, prog.weighted, std::move(w), out_t);
     } else if constexpr (std::is_same_v<L, nn::add>) {
       add_step a;
       a.name = node.name;
@@ -631,11 +637,7 @@ program compile(Sim& sim, bool structure_only = false) {
                                              ", s_b/s_c = " + std::to_string(a.rb) +
                                              " that QLinearAdd's float conversion cannot carry");
       }
-      st.k = step::kind::add;
-      st.index = prog.adds.size();
-      prog.adds.push_back(a);
-      slot[out_t] = prog.slots;
-      grids[out_t] = a.out;
+      emit(st, step::kind::add, prog.adds, std::move(a), out_t);
     } else if constexpr (std::is_same_v<L, nn::global_avg_pool>) {
       gap_step g;
       g.name = node.name;
@@ -643,11 +645,7 @@ program compile(Sim& sim, bool structure_only = false) {
       g.in = grids.at(node.inputs[0]);
       const std::string out_t = fused_output(node);
       g.out = grid_of(out_t);
-      st.k = step::kind::gap;
-      st.index = prog.gaps.size();
-      prog.gaps.push_back(g);
-      slot[out_t] = prog.slots;
-      grids[out_t] = g.out;
+      emit(st, step::kind::gap, prog.gaps, std::move(g), out_t);
     } else if constexpr (std::is_same_v<L, nn::flatten>) {
       reshape_step r;
       r.name = node.name;
@@ -658,11 +656,7 @@ program compile(Sim& sim, bool structure_only = false) {
         unsupported(node.name, "has an unquantized output; its reader would take float values");
       r.out = grid_of(node.output);
       r.same_grid = r.in.scale == r.out.scale && r.in.zero_point == r.out.zero_point;
-      st.k = step::kind::reshape;
-      st.index = prog.reshapes.size();
-      prog.reshapes.push_back(r);
-      slot[node.output] = prog.slots;
-      grids[node.output] = r.out;
+      emit(st, step::kind::reshape, prog.reshapes, std::move(r), node.output);
     } else {
       unsupported(node.name, "is a " + node.op_type +
                                  ", which the integer mode does not simulate (simulated: Conv, "
