@@ -35,6 +35,10 @@ inline qkit::data::dataset load_split(bool train) {
 #ifndef QKIT_FASHION_TEST_IMAGES
 #define QKIT_FASHION_TEST_IMAGES 0
 #endif
+// 0 compiles out the accuracy studies (fixtures.cmake says which and why).
+#ifndef QKIT_FASHION_ACCURACY_STUDIES
+#define QKIT_FASHION_ACCURACY_STUDIES 1
+#endif
 /// The test split, or its first QKIT_FASHION_TEST_IMAGES images (set by the sanitizer build,
 /// where evaluating all 10,000 several times per test is too slow; fixtures.cmake).
 inline qkit::data::dataset load_test_split() {

@@ -17,6 +17,7 @@
 #include "fashion_fixture.hpp"
 #include "report_browser.hpp"
 
+#if QKIT_FASHION_ACCURACY_STUDIES  // compiled out in the sanitizer build (fixtures.cmake)
 namespace unit_fashion_analysis {  // the suite is one translation unit: tests/CMakeLists.txt
 
 using namespace qkit;
@@ -140,3 +141,4 @@ TEST_CASE("Debugging workflow on the trained model: W4A8 per-tensor to within 1%
   }
 }
 }  // namespace unit_fashion_analysis
+#endif  // QKIT_FASHION_ACCURACY_STUDIES

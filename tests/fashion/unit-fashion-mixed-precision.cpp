@@ -22,6 +22,7 @@
 #include "fashion_fixture.hpp"
 #include "report_browser.hpp"
 
+#if QKIT_FASHION_ACCURACY_STUDIES  // compiled out in the sanitizer build (fixtures.cmake)
 namespace unit_fashion_mixed_precision {  // the suite is one translation unit: tests/CMakeLists.txt
 
 using namespace qkit;
@@ -187,3 +188,4 @@ TEST_CASE("AutoQuant + AMP on the trained model: W4A8 per-tensor AutoQuant, then
 }
 
 }  // namespace unit_fashion_mixed_precision
+#endif  // QKIT_FASHION_ACCURACY_STUDIES
