@@ -5,7 +5,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 
-debs=(g++ cmake make pkg-config zlib1g-dev
+debs=(g++ cmake make ninja-build pkg-config zlib1g-dev
       libxtensor-dev libxsimd-dev nlohmann-json3-dev doctest-dev libbenchmark-dev
       dataset-fashion-mnist libonnx-testdata libonnx-dev libprotobuf-dev protobuf-compiler
       libopenblas-dev nodejs npm

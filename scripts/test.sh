@@ -38,11 +38,17 @@ report() {
 }
 trap report EXIT
 has() { [[ " $parts " == *" $1 "* ]]; }
+# New build folders use Ninja: it starts targets in the order CMake defines them (the longest
+# compiles first, CMakeLists.txt), where Make's recursive build reached the ptq suite, the
+# longest, halfway through. A folder configured before keeps its generator (CMake refuses to
+# switch one).
+generator() { if [[ -f $1/CMakeCache.txt ]]; then :; else echo -G Ninja; fi; }
 
 step deps "$here/scripts/deps.sh"
 
 if has normal; then
-  step normal-configure cmake -S "$here" -B "$build" -DCMAKE_BUILD_TYPE=Release -DQKIT_WITH_ONNX=ON
+  # shellcheck disable=SC2046  # generator prints nothing or two words
+  step normal-configure cmake $(generator "$build") -S "$here" -B "$build" -DCMAKE_BUILD_TYPE=Release -DQKIT_WITH_ONNX=ON
   step normal-build cmake --build "$build" -j "$jobs"
   step normal-ctest ctest --test-dir "$build" --output-on-failure -j "$jobs" "$@"
 fi
@@ -55,7 +61,8 @@ if has sanitize; then
   # (line tables only) still gives sanitizer reports file:line stacks and compiles 20% faster
   # than -g.
   # Benchmarks are not tests and stay out. QKIT_FASHION_TEST_IMAGES: tests/fashion/fixtures.cmake.
-  step sanitize-configure cmake -S "$here" -B "$san" -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  # shellcheck disable=SC2046
+  step sanitize-configure cmake $(generator "$san") -S "$here" -B "$san" -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" -DQKIT_SANITIZE=ON -DQKIT_TESTS_NATIVE=OFF \
     -DQKIT_WITH_ONNX=ON -DQKIT_BUILD_BENCHMARKS=OFF -DQKIT_FASHION_TEST_IMAGES=500 \
     -DQKIT_FASHION_ACCURACY_STUDIES=OFF
