@@ -56,7 +56,7 @@ fi
 if has sanitize; then
   san=$build-sanitize
   # clang: its sanitizers are the reference implementation, the code gets a second compiler in
-  # CI, and it compiled this configuration in 0.6 times GCC's CPU time (docs/reliability.md,
+  # CI, and it compiled this configuration in 0.68 times GCC's CPU time (docs/reliability.md,
   # "CI time"). -O1 keeps xtensor's expression templates fast enough to run every suite; -g1
   # (line tables only) still gives sanitizer reports file:line stacks and compiles 20% faster
   # than -g.
